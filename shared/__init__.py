@@ -1,0 +1,1 @@
+"""Code shared by the three livedata daemons and the client SDK."""

@@ -1,0 +1,358 @@
+"""Configuration: the config directory, ``${VAR}`` substitution, strict validated models.
+
+A config directory (``--config-dir``, else ``$GINKGO_DIR``, else ``~/.ginkgo``) holds:
+``livedata.yml`` (broker, stores, topics, per-service settings), ``data_sources.yml``
+(per market an ordered list of feeders), ``task_timer.yml`` (cron jobs) and
+``secure.yml`` (secrets, merged into the source of the same name). Every file is
+optional; a missing file means defaults. ``${VAR}`` and ``${VAR:-default}`` are
+substituted in every string value; an unset variable without default is an error.
+Errors name the file, the key path and the problem, and never echo a value (it may be
+a secret).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from shared.symbols import Market
+
+LIVEDATA_FILE = "livedata.yml"
+DATA_SOURCES_FILE = "data_sources.yml"
+TASK_TIMER_FILE = "task_timer.yml"
+SECURE_FILE = "secure.yml"
+
+ENV_OVERRIDES = {
+    "KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+    "REDIS_URL": ("redis", "url"),
+    "CLICKHOUSE_URL": ("clickhouse", "url"),
+    "GINKGO_LOG_LEVEL": ("logging", "level"),
+}
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names file, key path and problem."""
+
+
+class Strict(BaseModel):
+    """Base for config models: frozen, unknown keys rejected, docstrings as docs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class TopicPartitions(Strict):
+    """Partition counts used when the services create their topics."""
+
+    market_data: int = Field(6, ge=1)
+    """Market data is keyed by symbol; partitions set consumer parallelism."""
+    interest_updates: int = Field(3, ge=1)
+    """Keyed by subscriber id."""
+    control_commands: int = Field(1, ge=1)
+    subscriptions: int = Field(1, ge=1)
+    """One partition keeps the per-market last-value log in one place."""
+    system_events: int = Field(1, ge=1)
+    deadletter: int = Field(1, ge=1)
+
+
+class KafkaSettings(Strict):
+    """Broker connection and producer tuning (env: KAFKA_BOOTSTRAP_SERVERS)."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list."""
+    client_id: str = "ginkgo-livedata"
+    linger_ms: int = Field(5, ge=0, le=1000)
+    """How long the producer waits to fill a batch."""
+    max_batch_bytes: int = Field(262_144, ge=16_384)
+    """Producer batch size per partition."""
+    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "lz4"
+    enable_idempotence: bool = False
+    """Needs a broker that supports InitProducerId v3+ (Apache Kafka does; Tansu does not)."""
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    create_topics: bool = True
+    """Create missing topics at start-up with the partition counts below."""
+    replication_factor: int = Field(1, ge=1)
+    partitions: TopicPartitions = TopicPartitions()
+
+
+class TopicSettings(Strict):
+    """Topic names are ``{prefix}.{suffix}``."""
+
+    prefix: str = Field("ginkgo.live", pattern=r"^[A-Za-z0-9._-]+$")
+
+
+class RedisSettings(Strict):
+    """Redis for datamanager state and timer locks (env: REDIS_URL). None: in process."""
+
+    url: SecretStr | None = None
+
+
+class ClickHouseSettings(Strict):
+    """ClickHouse for bars (env: CLICKHOUSE_URL). None: today's bars in memory."""
+
+    url: SecretStr | None = None
+    database: str = "ginkgo"
+
+
+class HttpSettings(Strict):
+    """The /healthz, /readyz and /metrics endpoint of a service."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    """0 picks a free port (logged at start-up)."""
+    enabled: bool = True
+
+
+class GatewaySettings(Strict):
+    """feeder-gateway settings."""
+
+    http: HttpSettings = HttpSettings(port=8701)
+    queue_size: int = Field(50_000, ge=100)
+    """Ticks buffered between feeders and the publisher; beyond this, ticks are conflated
+    per symbol (latest wins, counted)."""
+    publish_batch_max: int = Field(5_000, ge=1)
+    """Most ticks handed to the producer before awaiting their delivery."""
+    markets: list[Market] | None = None
+    """Markets this instance serves (None: every market in data_sources.yml)."""
+    shutdown_timeout_s: float = Field(5.0, gt=0)
+
+
+class DatamanagerSettings(Strict):
+    """datamanager settings."""
+
+    http: HttpSettings = HttpSettings(port=8702)
+    group_id: str = "ginkgo-livedata-datamanager"
+    default_lease_s: float | None = Field(None, gt=0)
+    """Lease for subscribers that do not send one; None: never expire."""
+    command_freshness_s: float = Field(60.0, gt=0)
+    """Commands issued longer ago than this are ignored."""
+    shutdown_timeout_s: float = Field(5.0, gt=0)
+
+
+class TasktimerSettings(Strict):
+    """tasktimer settings."""
+
+    http: HttpSettings = HttpSettings(port=8703)
+    misfire_grace_s: float = Field(30.0, ge=0)
+    """A fire missed by less than this (e.g. across a restart) still happens, once."""
+    shutdown_timeout_s: float = Field(5.0, gt=0)
+
+
+class LoggingSettings(Strict):
+    """Log level and format (env: GINKGO_LOG_LEVEL)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class LivedataSettings(Strict):
+    """Everything in livedata.yml."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    datamanager: DatamanagerSettings = DatamanagerSettings()
+    tasktimer: TasktimerSettings = TasktimerSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+class SourceEntry(BaseModel):
+    """One feeder of a market; its own settings are validated by the feeder type."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+    """Feeder type: sim, alpaca, eastmoney, fushu, tencent."""
+    name: str | None = None
+    """Name used in logs, metrics and secure.yml (default: the type)."""
+    enabled: bool = True
+
+    @property
+    def source_name(self) -> str:
+        return self.name or self.type
+
+    def settings(self) -> dict[str, Any]:
+        """The feeder-specific keys (everything but type/name/enabled)."""
+        return dict(self.model_extra or {})
+
+
+class MarketSources(Strict):
+    """A market's feeders in order of preference."""
+
+    sources: list[SourceEntry] = Field(min_length=1)
+
+
+class DataSources(Strict):
+    """Everything in data_sources.yml."""
+
+    markets: dict[Market, MarketSources] = {}
+
+
+class JobSettings(Strict):
+    """One cron job of task_timer.yml."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    cron: str
+    """Standard 5 fields: minute hour day-of-month month day-of-week (0 or 7 = Sunday)."""
+    command: str
+    timezone: str = "Asia/Shanghai"
+    params: dict[str, Any] = {}
+    target: str = "datamanager"
+    """Message key: which service the command is for."""
+    topic: str = "control.commands"
+    """Topic suffix under the prefix."""
+    enabled: bool = True
+    calendar: Market | None = None
+    """Skip days that are not trading days of this market (weekends for now)."""
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from croniter import croniter
+
+        if len(v.split()) != 5 or not croniter.is_valid(v):
+            raise ValueError(f"not a 5-field cron expression: {v!r}")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r}") from None
+        return v
+
+
+class TaskTimerFile(Strict):
+    """Everything in task_timer.yml."""
+
+    jobs: list[JobSettings] = []
+
+
+class AppConfig(Strict):
+    """The whole configuration directory, validated."""
+
+    directory: Path
+    livedata: LivedataSettings
+    data_sources: DataSources
+    task_timer: TaskTimerFile
+    secrets: dict[str, dict[str, SecretStr]] = {}
+    """secure.yml: per source name, its secret settings."""
+
+    def source_settings(self, entry: SourceEntry) -> dict[str, Any]:
+        """A source's settings with its secrets from secure.yml merged in."""
+        merged = entry.settings()
+        merged.update(self.secrets.get(entry.source_name, {}))
+        return merged
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(value: Any, env: Mapping[str, str], where: str, path: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where}: {path or '<root>'}: environment variable {name} is not set")
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: substitute_env(v, env, where, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, env, where, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def format_validation_error(where: str, err: ValidationError, prefix: str = "") -> str:
+    """One line per problem: file: key.path: message (input values left out on purpose)."""
+    lines = []
+    for e in err.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in e["loc"])
+        if prefix:
+            loc = f"{prefix}.{loc}" if loc else prefix
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {loc or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    """Parse a YAML file into a mapping with ``${VAR}`` substituted; {} if missing."""
+    if not path.exists():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: {at}invalid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: <root>: expected a mapping, got {type(data).__name__}")
+    result: dict[str, Any] = substitute_env(data, env, str(path))
+    return result
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            sect = raw.setdefault(section, {})
+            if isinstance(sect, dict):
+                sect[key] = env[var]
+
+
+def default_config_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("GINKGO_DIR") or Path.home() / ".ginkgo")
+
+
+def load_config(directory: Path | str | None = None, env: Mapping[str, str] | None = None) -> AppConfig:
+    """Load and validate a config directory; raise ConfigError naming file and key."""
+    env = dict(os.environ if env is None else env)
+    d = Path(directory) if directory is not None else default_config_dir(env)
+    if directory is not None and not d.is_dir():
+        raise ConfigError(f"{d}: config directory does not exist")
+
+    def validate(model: type[Strict], file: str, raw: dict[str, Any]) -> Any:
+        try:
+            return model.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(str(d / file), e)) from None
+
+    raw_live = read_yaml(d / LIVEDATA_FILE, env)
+    _apply_env_overrides(raw_live, env)
+    livedata = validate(LivedataSettings, LIVEDATA_FILE, raw_live)
+    sources = validate(DataSources, DATA_SOURCES_FILE, read_yaml(d / DATA_SOURCES_FILE, env))
+    timer = validate(TaskTimerFile, TASK_TIMER_FILE, read_yaml(d / TASK_TIMER_FILE, env))
+    raw_secure = read_yaml(d / SECURE_FILE, env)
+    secrets: dict[str, dict[str, SecretStr]] = {}
+    for name, values in raw_secure.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{d / SECURE_FILE}: {name}: expected a mapping of secret settings")
+        secrets[str(name)] = {str(k): SecretStr(str(v)) for k, v in values.items()}
+    names = [e.source_name for ms in sources.markets.values() for e in ms.sources]
+    for name in secrets:
+        if name not in names:
+            raise ConfigError(
+                f"{d / SECURE_FILE}: {name}: no source of that name in {DATA_SOURCES_FILE}"
+            )
+    return AppConfig(
+        directory=d, livedata=livedata, data_sources=sources, task_timer=timer, secrets=secrets
+    )

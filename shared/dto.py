@@ -1,0 +1,206 @@
+"""Wire messages: the tagged union every producer encodes and every consumer decodes.
+
+Each value on every topic is one JSON object with a ``type`` discriminator and a schema
+version ``v``. Messages are msgspec Structs: frozen, unknown fields rejected, timestamps
+timezone-aware (UTC on the wire, ISO-8601). msgspec rather than pydantic because the tick
+path must build, encode and decode tens of thousands of messages a second on 2 cores:
+measured here, pydantic costs ~12 us to build and encode a tick, msgspec ~2.5 us.
+
+Units, so every number has one meaning:
+- prices in the instrument's quote currency;
+- ``volume``/``amount`` on a PriceUpdate: the day's CUMULATIVE volume (shares, never lots)
+  and turnover up to ``timestamp``, when the source reports them (snapshot sources do);
+- ``last_size``: shares in the trade that produced this update, when the source says
+  (trade streams do); ``None`` for snapshots;
+- Bar ``volume``/``amount``: traded within the bar.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+
+
+class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
+    """Base of every wire message; ``type`` is the tag, ``v`` the schema version."""
+
+
+class PriceUpdate(_Message, tag="price_update"):
+    """A normalized quote or trade for one symbol."""
+
+    symbol: Symbol
+    price: float
+    timestamp: AwareDatetime  # provider's time for this update
+    source: str  # feeder name, e.g. "sim", "alpaca", "eastmoney"
+    v: int = SCHEMA_VERSION
+    volume: float | None = None  # day cumulative, shares
+    amount: float | None = None  # day cumulative turnover
+    bid_price: float | None = None
+    ask_price: float | None = None
+    bid_volume: float | None = None  # shares at best bid
+    ask_volume: float | None = None  # shares at best ask
+    open_price: float | None = None  # day open
+    high_price: float | None = None  # day high
+    low_price: float | None = None  # day low
+    receive_time: AwareDatetime | None = None  # when the gateway received it
+    sequence: int | None = None  # per symbol, per gateway run, increasing; gaps = conflated
+    last_size: float | None = None  # size of the trade behind this update, shares
+    delayed: bool = False  # the source is delayed (e.g. free HK quotes, ~15 min)
+
+
+BarPeriod = Literal["1m", "1d"]
+
+
+class Bar(_Message, tag="bar"):
+    """An OHLCV bar; ``timestamp`` is the bar's start (UTC)."""
+
+    symbol: Symbol
+    period: BarPeriod
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float  # shares traded within the bar
+    timestamp: AwareDatetime  # bar start
+    source: str
+    v: int = SCHEMA_VERSION
+    amount: float = 0.0  # turnover within the bar
+    turnover: float | None = None  # turnover rate (volume / float shares), when known
+    change: float | None = None  # close - previous close, when known
+    change_pct: float | None = None  # change / previous close x 100
+    trading_day: str | None = None  # YYYY-MM-DD in the market's timezone
+
+
+UpdateType = Literal["replace", "add", "remove", "clear"]
+
+
+class InterestUpdate(_Message, tag="interest_update"):
+    """One subscriber's change of interest; a subscriber is (portfolio_id, node_id)."""
+
+    portfolio_id: Annotated[str, msgspec.Meta(min_length=1)]
+    node_id: Annotated[str, msgspec.Meta(min_length=1)]
+    symbols: tuple[Symbol, ...]
+    update_type: UpdateType
+    timestamp: AwareDatetime
+    v: int = SCHEMA_VERSION
+    lease_s: float | None = None  # drop this subscriber's symbols if not renewed in time
+
+
+class ControlCommand(_Message, tag="control_command"):
+    """A command for a service, e.g. ``bar_snapshot``; answered once per correlation_id."""
+
+    command: Annotated[str, msgspec.Meta(min_length=1)]
+    correlation_id: Annotated[str, msgspec.Meta(min_length=1)]
+    timestamp: AwareDatetime  # issued at; stale commands are ignored
+    source: str
+    v: int = SCHEMA_VERSION
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    target: str = "datamanager"
+    scheduled_for: AwareDatetime | None = None  # the cron instant, for timer-issued commands
+
+
+class Subscription(_Message, tag="subscription"):
+    """The full desired symbol set of one market; the last value per market wins."""
+
+    market: str
+    symbols: tuple[Symbol, ...]
+    timestamp: AwareDatetime
+    v: int = SCHEMA_VERSION
+    revision: int = 0  # increases with every change published by the datamanager
+
+
+class Status(_Message, tag="status"):
+    """A service or component state change (connected, resubscribed, gap, ...)."""
+
+    service: str
+    component: str
+    state: str
+    timestamp: AwareDatetime
+    v: int = SCHEMA_VERSION
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Alert(_Message, tag="alert"):
+    """Something an operator should look at (data quality, stale feed, config error)."""
+
+    service: str
+    code: str
+    message: str
+    timestamp: AwareDatetime
+    v: int = SCHEMA_VERSION
+    severity: Literal["info", "warning", "error", "critical"] = "warning"
+    symbol: str | None = None
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class CommandResult(_Message, tag="command_result"):
+    """The answer to one ControlCommand."""
+
+    service: str
+    command: str
+    correlation_id: str
+    ok: bool
+    timestamp: AwareDatetime
+    v: int = SCHEMA_VERSION
+    duration_ms: float = 0.0
+    detail: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class DeadLetter(_Message, tag="dead_letter"):
+    """A message a consumer could not decode or process, with the reason."""
+
+    service: str
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    raw: str  # the value as text (undecodable bytes replaced), at most 64 KiB
+    timestamp: AwareDatetime
+    v: int = SCHEMA_VERSION
+    key: str | None = None
+
+
+Message = (
+    PriceUpdate
+    | Bar
+    | InterestUpdate
+    | ControlCommand
+    | Subscription
+    | Status
+    | Alert
+    | CommandResult
+    | DeadLetter
+)
+MarketData = PriceUpdate | Bar
+SystemEvent = Status | Alert | CommandResult
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
+
+DecodeError = msgspec.ValidationError | msgspec.DecodeError
+
+
+def encode(message: Message) -> bytes:
+    """Serialize a wire message to JSON bytes."""
+    return _encoder.encode(message)
+
+
+def decode(raw: bytes | str) -> Message:
+    """Decode JSON bytes into the message named by its ``type``.
+
+    Raises ``msgspec.DecodeError`` (which ``ValidationError`` subclasses) on bad input;
+    the message says what was wrong and where (``$.price``).
+    """
+    return _decoder.decode(raw)
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)

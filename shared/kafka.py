@@ -1,0 +1,249 @@
+"""Kafka plumbing: topic creation, a retrying batch publisher, decoding with dead-lettering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from shared.backoff import Backoff
+from shared.config import KafkaSettings
+from shared.dto import DeadLetter, DecodeError, Message, decode, encode, utcnow
+from shared.logs import kv
+from shared.metrics import ServiceMetrics
+from shared.topics import Topics
+
+log = logging.getLogger("kafka")
+
+MAX_DEAD_LETTER_RAW = 64 * 1024
+
+
+def producer_options(k: KafkaSettings, client_id: str) -> dict[str, Any]:
+    """AIOKafkaProducer keyword arguments for our settings (acks=all always)."""
+    return {
+        "bootstrap_servers": k.bootstrap_servers,
+        "client_id": client_id,
+        "acks": "all",
+        "linger_ms": k.linger_ms,
+        "max_batch_size": k.max_batch_bytes,
+        "compression_type": None if k.compression == "none" else k.compression,
+        "enable_idempotence": k.enable_idempotence,
+        "request_timeout_ms": k.request_timeout_ms,
+    }
+
+
+def consumer_options(k: KafkaSettings, client_id: str, **extra: Any) -> dict[str, Any]:
+    """AIOKafkaConsumer keyword arguments; ``extra`` overrides."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": k.bootstrap_servers,
+        "client_id": client_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "fetch_max_wait_ms": 50,
+    }
+    opts.update(extra)
+    return opts
+
+
+async def ensure_topics(k: KafkaSettings, partitions: dict[str, int]) -> None:
+    """Create the topics that do not exist yet, with the given partition counts."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers, client_id=k.client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name=t, num_partitions=n, replication_factor=k.replication_factor)
+            for t, n in partitions.items()
+            if t not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another service created them first
+            log.info("created topics", extra=kv(topics=",".join(t.name for t in missing)))
+    finally:
+        await admin.close()
+
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    return key.encode()
+
+
+class KafkaPublisher:
+    """An AIOKafkaProducer that never gives up on a message while the service runs.
+
+    ``publish_many`` hands a whole batch to the producer, then awaits every delivery
+    together; failed messages are resent in order after a jittered backoff until they
+    are delivered or ``stop()`` is called (then they are counted as lost and logged).
+    """
+
+    def __init__(
+        self, settings: KafkaSettings, client_id: str, metrics: ServiceMetrics | None = None
+    ) -> None:
+        self._settings = settings
+        self._producer = AIOKafkaProducer(**producer_options(settings, client_id))
+        self._metrics = metrics
+        self._started = False
+        self._closing = asyncio.Event()
+        self.lost = 0
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._producer.start()
+            self._started = True
+
+    async def stop(self) -> None:
+        """Flush what is pending and close; idempotent."""
+        self._closing.set()
+        if self._started:
+            self._started = False
+            await self._producer.stop()
+
+    async def __aenter__(self) -> KafkaPublisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def publish(self, topic: str, message: Message, key: str | bytes | None = None) -> None:
+        """Publish one message and wait until the broker has it (acks=all)."""
+        await self.publish_raw(topic, [(_key_bytes(key), encode(message))])
+
+    async def publish_many(
+        self, topic: str, items: Iterable[tuple[str | bytes | None, Message]]
+    ) -> None:
+        """Publish messages in order and wait until the broker has all of them."""
+        await self.publish_raw(topic, [(_key_bytes(k), encode(m)) for k, m in items])
+
+    async def publish_raw(self, topic: str, items: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """Publish pre-encoded (key, value) pairs; retries failures until stopped."""
+        pending = items
+        backoff = Backoff(base_s=0.1, cap_s=5.0)
+        while pending:
+            failed: list[tuple[bytes | None, bytes]] = []
+            futures: list[tuple[int, asyncio.Future[Any]]] = []
+            error: BaseException | None = None
+            send = self._producer.send
+            for i, (key, value) in enumerate(pending):
+                try:
+                    futures.append((i, await send(topic, value, key=key)))
+                except KafkaError as e:
+                    error = e
+                    failed.extend(pending[i:])
+                    break
+            if futures:
+                results = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+                bad = [pending[i] for (i, _), r in zip(futures, results, strict=True) if isinstance(r, BaseException)]
+                if bad:
+                    error = next(r for r in results if isinstance(r, BaseException))
+                    failed = bad + failed
+            delivered = len(pending) - len(failed)
+            if self._metrics is not None and delivered:
+                self._metrics.messages_out.labels(topic).inc(delivered)
+            if not failed:
+                return
+            if self._metrics is not None:
+                self._metrics.publish_errors.labels(topic).inc()
+            if self._closing.is_set():
+                self.lost += len(failed)
+                log.error(
+                    "publisher stopping with undelivered messages",
+                    extra=kv(topic=topic, lost=len(failed), error=repr(error)),
+                )
+                return
+            delay = backoff.next_delay()
+            log.warning(
+                "publish failed, retrying",
+                extra=kv(topic=topic, messages=len(failed), error=repr(error), retry_in_s=round(delay, 2)),
+            )
+            try:
+                await asyncio.wait_for(self._closing.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            pending = failed
+
+
+class DeadLetters:
+    """Sends bad consumed messages to the dead-letter topic with the reason, and counts them."""
+
+    def __init__(
+        self, publisher: KafkaPublisher, topics: Topics, service: str, metrics: ServiceMetrics
+    ) -> None:
+        self._publisher = publisher
+        self._topics = topics
+        self._service = service
+        self._metrics = metrics
+
+    async def send(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        raw = (record.value or b"")[:MAX_DEAD_LETTER_RAW].decode("utf-8", errors="replace")
+        key = record.key.decode("utf-8", errors="replace") if record.key else None
+        letter = DeadLetter(
+            service=self._service,
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+            raw=raw,
+            key=key,
+            timestamp=utcnow(),
+        )
+        self._metrics.dead_lettered.labels(record.topic).inc()
+        log.warning(
+            "dead-lettered a message",
+            extra=kv(topic=record.topic, offset=record.offset, reason=reason, raw=raw[:120]),
+        )
+        await self._publisher.publish(self._topics.deadletter, letter, key=record.topic)
+
+
+class Inbox:
+    """Decodes consumed records by ``type``; anything else is dead-lettered, never fatal.
+
+    ``accepts`` maps a topic to the message types a consumer handles there; other valid
+    types on that topic are skipped silently when listed in ``ignores`` (e.g. the
+    datamanager's own bars on the market-data topic), dead-lettered otherwise.
+    """
+
+    def __init__(
+        self,
+        dead_letters: DeadLetters,
+        metrics: ServiceMetrics,
+        accepts: dict[str, tuple[type[Message], ...]],
+        ignores: dict[str, tuple[type[Message], ...]] | None = None,
+    ) -> None:
+        self._dead = dead_letters
+        self._metrics = metrics
+        self._accepts = accepts
+        self._ignores = ignores or {}
+
+    async def decode(
+        self, records: Iterable[ConsumerRecord[bytes, bytes]]
+    ) -> list[tuple[ConsumerRecord[bytes, bytes], Message]]:
+        out: list[tuple[ConsumerRecord[bytes, bytes], Message]] = []
+        counts: dict[str, int] = {}
+        for rec in records:
+            counts[rec.topic] = counts.get(rec.topic, 0) + 1
+            try:
+                msg = decode(rec.value or b"")
+            except DecodeError as e:
+                await self._dead.send(rec, f"undecodable: {e}")
+                continue
+            accepted = self._accepts.get(rec.topic, ())
+            if isinstance(msg, accepted):
+                out.append((rec, msg))
+            elif not isinstance(msg, self._ignores.get(rec.topic, ())):
+                await self._dead.send(rec, f"unexpected message type {type(msg).__name__} on this topic")
+        for topic, n in counts.items():
+            self._metrics.messages_in.labels(topic).inc(n)
+        return out
+
+

@@ -1,0 +1,198 @@
+"""Running a daemon: config, logging, uvloop, signals, health endpoints, ordered shutdown.
+
+The first SIGTERM/SIGINT sets the stop event; the service then closes intake, drains,
+flushes and commits on its own. If it has not finished ``shutdown_timeout_s`` later, or a
+second signal arrives, what is left is cancelled and the process exits 1.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from shared.config import AppConfig, ConfigError, HttpSettings, load_config
+from shared.logs import kv, setup_logging
+from shared.metrics import ServiceMetrics
+
+log = logging.getLogger("runtime")
+
+
+class Service(abc.ABC):
+    """A daemon: ``run(stop)`` serves until ``stop`` is set, then drains and returns."""
+
+    name: str
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        self.metrics = ServiceMetrics(self.name)
+
+    @abc.abstractmethod
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the service can do its job now, with the reasons."""
+        return True, {}
+
+    def health(self) -> dict[str, Any]:
+        """Liveness details (the process answers, so it is alive)."""
+        return {"service": self.name}
+
+    @property
+    def http_settings(self) -> HttpSettings:
+        return HttpSettings(enabled=False)
+
+    @property
+    def shutdown_timeout_s(self) -> float:
+        return 5.0
+
+
+class HealthServer:
+    """aiohttp app serving /healthz, /readyz and /metrics for one service."""
+
+    def __init__(self, service: Service, settings: HttpSettings) -> None:
+        self._service = service
+        self._settings = settings
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", **self._service.health()})
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ready, detail = self._service.readiness()
+        return web.json_response({"ready": ready, **detail}, status=200 if ready else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(
+            body=self._service.metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._settings.port
+        log.info("http endpoints up", extra=kv(url=f"http://{self._settings.host}:{self.port}"))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+
+async def serve(service: Service, stop: asyncio.Event | None = None) -> int:
+    """Run a service until signalled; return the exit code (0: clean shutdown)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+    run_task: asyncio.Task[None] | None = None
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("stopping", extra=kv(signal=sig.name))
+            stop.set()
+        else:
+            log.warning("second signal: forcing shutdown", extra=kv(signal=sig.name))
+            if run_task is not None:
+                run_task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    http = HealthServer(service, service.http_settings)
+    try:
+        if service.http_settings.enabled:
+            await http.start()
+        run_task = asyncio.create_task(service.run(stop), name=f"{service.name}.run")
+        stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
+        try:
+            await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not run_task.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(run_task), service.shutdown_timeout_s)
+                except TimeoutError:
+                    log.error("shutdown deadline passed, cancelling", extra=kv(timeout_s=service.shutdown_timeout_s))
+                    run_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await run_task
+                    return 1
+        finally:
+            stop_wait.cancel()
+        if run_task.cancelled():
+            return 1
+        exc = run_task.exception()
+        if exc is not None:
+            log.error("service failed", exc_info=exc)
+            return 1
+        log.info("stopped cleanly")
+        return 0
+    except asyncio.CancelledError:
+        return 1
+    finally:
+        await http.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "--config-dir",
+        type=Path,
+        default=None,
+        help="configuration directory (default: $GINKGO_DIR, else ~/.ginkgo)",
+    )
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
+    return p
+
+
+def run_daemon(
+    prog: str,
+    description: str,
+    build: Callable[[AppConfig], Service],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Entry point of ``python -m services.<name>``: parse args, load config, serve."""
+    args = base_parser(prog, description).parse_args(argv)
+    try:
+        config = load_config(args.config_dir)
+    except ConfigError as e:
+        print(f"{prog}: configuration error:\n{e}", file=sys.stderr)
+        return 2
+    logging_settings = config.livedata.logging
+    setup_logging(prog, args.log_level or logging_settings.level, logging_settings.format)
+    try:
+        service = build(config)
+    except ConfigError as e:
+        print(f"{prog}: configuration error:\n{e}", file=sys.stderr)
+        return 2
+    log.info("starting", extra=kv(config_dir=str(config.directory)))
+    return run_async(serve(service))
+
+
+def run_async(main: Any) -> int:
+    """Run a coroutine under uvloop where available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        return int(asyncio.run(main))
+    return int(uvloop.run(main))
