@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60)
 
@@ -39,3 +42,31 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CallbackCollector:
+    """Metrics read from the service's own counters at scrape time (no per-tick cost)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, str, Callable[[], float]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for kind, name, doc, fn in self.entries:
+            family = CounterMetricFamily(name, doc) if kind == "counter" else GaugeMetricFamily(name, doc)
+            family.add_metric([], float(fn()))
+            yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def add_callback_metric(
+    metrics: ServiceMetrics, kind: str, name: str, doc: str, fn: Callable[[], float]
+) -> None:
+    """Expose ``fn()`` as a counter or gauge named ``name`` on the service's registry."""
+    collector = getattr(metrics, "_callbacks", None)
+    if collector is None:
+        collector = _CallbackCollector()
+        metrics.registry.register(collector)  # type: ignore[arg-type]
+        metrics._callbacks = collector  # type: ignore[attr-defined]
+    collector.entries.append((kind, name, doc, fn))

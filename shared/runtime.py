@@ -180,13 +180,17 @@ def run_daemon(
         return 2
     logging_settings = config.livedata.logging
     setup_logging(prog, args.log_level or logging_settings.level, logging_settings.format)
-    try:
-        service = build(config)
-    except ConfigError as e:
-        print(f"{prog}: configuration error:\n{e}", file=sys.stderr)
-        return 2
-    log.info("starting", extra=kv(config_dir=str(config.directory)))
-    return run_async(serve(service))
+
+    async def main() -> int:
+        try:
+            service = build(config)  # inside the loop: clients bind to it
+        except ConfigError as e:
+            print(f"{prog}: configuration error:\n{e}", file=sys.stderr)
+            return 2
+        log.info("starting", extra=kv(config_dir=str(config.directory)))
+        return await serve(service)
+
+    return run_async(main())
 
 
 def run_async(main: Any) -> int:

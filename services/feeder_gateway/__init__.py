@@ -1,0 +1,1 @@
+"""feeder-gateway: provider connections → normalized ticks → Kafka market data."""

@@ -1,0 +1,1 @@
+"""``sim``: a synthetic random-walk market for any symbol, no keys; the default feeder."""

@@ -1,0 +1,152 @@
+"""The sim feeder: seeded random walk per symbol, bid/ask around last, cumulative volume."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from pydantic import Field
+
+from services.feeder_gateway.feeders.base import Feeder
+from shared.config import Strict
+from shared.dto import PriceUpdate, utcnow
+from shared.sessions import trading_day
+from shared.symbols import Market
+
+
+class SimSettings(Strict):
+    """Settings of a ``type: sim`` source."""
+
+    seed: int = 7
+    """Same seed, same symbols → the same price paths."""
+    ticks_per_s_per_symbol: float = Field(2.0, gt=0, le=100_000)
+    """Average tick rate of each subscribed symbol."""
+    interval_ms: float = Field(100.0, gt=0, le=10_000)
+    """Generation step: ticks due within a step are produced together as one batch."""
+    volatility_bps: float = Field(3.0, ge=0, le=1_000)
+    """Standard deviation of each tick's price move, in basis points."""
+    stale_after_s: float | None = Field(10.0, gt=0)
+    """Watchdog: no tick this long while subscribed means the feed is stale."""
+
+
+_PRICE_RANGE = {Market.CN: (3.0, 80.0), Market.HK: (5.0, 400.0), Market.US: (10.0, 500.0)}
+_LOT = {Market.CN: 100, Market.HK: 100, Market.US: 1}
+
+
+@dataclass(slots=True)
+class _Walk:
+    last: float
+    open: float
+    high: float
+    low: float
+    volume: float
+    amount: float
+    credit: float  # ticks owed; a random start spreads symbols over steps
+    day: object
+
+
+class SimFeeder(Feeder[SimSettings]):
+    """Random walks; every symbol's start price is a pure function of (seed, symbol)."""
+
+    type_name = "sim"
+    settings_model = SimSettings
+
+    @property
+    def stale_after_s(self) -> float | None:
+        return self.settings.stale_after_s
+
+    def _start_price(self, symbol: str) -> float:
+        lo, hi = _PRICE_RANGE[self.ctx.market]
+        r = random.Random(zlib.crc32(symbol.encode()) ^ self.settings.seed)
+        return round(r.uniform(lo, hi), 2)
+
+    async def ticks(self) -> AsyncIterator[list[PriceUpdate]]:
+        s = self.settings
+        rng = random.Random(s.seed)
+        walks: dict[str, _Walk] = {}
+        interval = s.interval_ms / 1000.0
+        per_step = s.ticks_per_s_per_symbol * interval
+        vol = s.volatility_bps / 10_000.0
+        lot = _LOT[self.ctx.market]
+        market = self.ctx.market
+        name = self.ctx.name
+        loop = asyncio.get_running_loop()
+        self.connected = True
+        self.ctx.emit_status("connected", {"symbols": len(self.symbols)})
+        try:
+            next_step = loop.time()
+            while True:
+                if self.symbols_changed.is_set():
+                    self.symbols_changed.clear()
+                    wanted = self.symbols
+                    for sym in list(walks):
+                        if sym not in wanted:
+                            del walks[sym]
+                    for sym in wanted:
+                        if sym not in walks:
+                            p = self._start_price(sym)
+                            walks[sym] = _Walk(p, p, p, p, 0.0, 0.0, 1.0, None)
+                            # a new symbol ticks at once: interest → first tick is fast
+                if not walks:
+                    await self.symbols_changed.wait()
+                    next_step = loop.time()
+                    continue
+                now = utcnow()
+                day = trading_day(market, now)
+                batch: list[PriceUpdate] = []
+                gauss = rng.gauss
+                randint = rng.randint
+                for sym, w in walks.items():
+                    w.credit += per_step
+                    if w.credit < 1.0:
+                        continue
+                    if w.day != day:  # a new trading day: the day's figures restart
+                        w.day, w.open, w.high, w.low = day, w.last, w.last, w.last
+                        w.volume = w.amount = 0.0
+                    while w.credit >= 1.0:
+                        w.credit -= 1.0
+                        price = round(max(0.01, w.last * (1.0 + gauss(0.0, vol))), 2)
+                        size = float(randint(1, 20) * lot)
+                        w.last = price
+                        w.high = max(w.high, price)
+                        w.low = min(w.low, price)
+                        w.volume += size
+                        w.amount += size * price
+                        batch.append(
+                            PriceUpdate(
+                                symbol=sym,
+                                price=price,
+                                timestamp=now,
+                                source=name,
+                                volume=w.volume,
+                                amount=round(w.amount, 2),
+                                bid_price=round(price - 0.01, 2),
+                                ask_price=round(price + 0.01, 2),
+                                bid_volume=float(randint(1, 50) * lot),
+                                ask_volume=float(randint(1, 50) * lot),
+                                open_price=w.open,
+                                high_price=w.high,
+                                low_price=w.low,
+                                receive_time=now,
+                                last_size=size,
+                            )
+                        )
+                if batch:
+                    yield batch
+                next_step += interval
+                delay = next_step - loop.time()
+                if delay < -1.0:  # fell far behind (paused, overloaded): do not burst to catch up
+                    next_step = loop.time()
+                    delay = 0.0
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(self.symbols_changed.wait(), delay)
+                    except TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(0)  # let the publisher run between batches
+        finally:
+            self.connected = False

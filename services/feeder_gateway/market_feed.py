@@ -1,0 +1,183 @@
+"""One market's ordered sources: run the active feeder, watch it, fail over and back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from services.feeder_gateway.feeders.base import Feeder, FeederConfigError
+from services.feeder_gateway.tick_queue import ConflatingTickQueue
+from shared.dto import utcnow
+from shared.events import SystemEvents
+from shared.logs import kv
+from shared.sessions import in_session
+from shared.symbols import Market
+
+log = logging.getLogger("market_feed")
+
+
+@dataclass
+class _SourceState:
+    feeder: Feeder[object]
+    failed_at: float | None = None  # monotonic time of the last failure
+    disabled: str | None = None  # configuration error: never retried
+
+
+class MarketFeed:
+    """Feeds one market's ticks into the queue from the best available source.
+
+    The active source is the first healthy one in preference order. It is replaced when
+    its generator fails for good (configuration error) or when it goes stale: no data
+    for ``stale_after_s`` while the market is in session and symbols are subscribed.
+    A preferred source that failed is tried again once ``failback_after_s`` has passed.
+    """
+
+    def __init__(
+        self,
+        market: Market,
+        feeders: list[Feeder[object]],
+        queue: ConflatingTickQueue,
+        events: SystemEvents,
+        failback_after_s: float = 30.0,
+        watchdog_interval_s: float = 0.25,
+    ) -> None:
+        if not feeders:
+            raise ValueError(f"market {market} has no sources")
+        self.market = market
+        self._sources = [_SourceState(f) for f in feeders]
+        self._queue = queue
+        self._events = events
+        self._failback_after_s = failback_after_s
+        self._watchdog_interval_s = watchdog_interval_s
+        self.symbols: frozenset[str] = frozenset()
+        self.active = 0
+        self.last_data = time.monotonic()
+        self.switches = 0
+
+    @property
+    def active_feeder(self) -> Feeder[object]:
+        return self._sources[self.active].feeder
+
+    @property
+    def connected(self) -> bool:
+        return self.active_feeder.connected
+
+    def set_symbols(self, symbols: frozenset[str]) -> None:
+        if symbols != self.symbols:
+            if not self.symbols:
+                self.last_data = time.monotonic()  # the stale clock starts with interest
+            self.symbols = symbols
+            self.active_feeder.set_symbols(symbols)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            source = self._sources[self.active]
+            if source.disabled is not None:  # every source is misconfigured: nothing to run
+                await stop.wait()
+                return
+            source.feeder.set_symbols(self.symbols)
+            outcome = await self._run_source(source, stop)
+            source.feeder.set_symbols(frozenset())
+            if outcome == "stop":
+                return
+            self._choose_next(outcome)
+
+    async def _pump(self, feeder: Feeder[object]) -> None:
+        gen = feeder.ticks()
+        async with contextlib.aclosing(gen):
+            async for batch in gen:
+                self.last_data = time.monotonic()
+                self._queue.put_batch(batch)
+
+    async def _run_source(self, source: _SourceState, stop: asyncio.Event) -> str:
+        feeder = source.feeder
+        name = feeder.ctx.name
+        self.last_data = time.monotonic()
+        started = time.monotonic()
+        pump = asyncio.create_task(self._pump(feeder), name=f"feed.{self.market}.{name}")
+        try:
+            while True:
+                stop_wait = asyncio.create_task(stop.wait())
+                try:
+                    await asyncio.wait({pump, stop_wait}, timeout=self._watchdog_interval_s, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stop_wait.cancel()
+                if stop.is_set():
+                    return "stop"
+                if pump.done():
+                    exc = pump.exception()
+                    if isinstance(exc, FeederConfigError):
+                        source.disabled = str(exc)
+                        self._events.alert("feeder_config_error", str(exc), severity="error", market=self.market.value, source=name)
+                        return "config_error"
+                    if exc is not None:
+                        log.error("feeder failed", exc_info=exc, extra=kv(market=self.market.value, source=name))
+                    else:
+                        log.warning("feeder generator ended", extra=kv(market=self.market.value, source=name))
+                    return "failed"
+                now = time.monotonic()
+                stale_after = feeder.stale_after_s
+                if (
+                    stale_after is not None
+                    and self.symbols
+                    and now - self.last_data > stale_after
+                    and (not self._follows_sessions(feeder) or in_session(self.market, utcnow()))
+                ):
+                    self._events.status(
+                        f"feed.{self.market.value}",
+                        "stale",
+                        source=name,
+                        silent_s=round(now - self.last_data, 1),
+                    )
+                    return "stale"
+                if self.active > 0 and now - started >= self._failback_after_s and self._preferred_ready(now):
+                    return "failback"
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+    @staticmethod
+    def _follows_sessions(feeder: Feeder[object]) -> bool:
+        return getattr(feeder, "follows_sessions", True)
+
+    def _preferred_ready(self, now: float) -> bool:
+        return any(
+            s.disabled is None and (s.failed_at is None or now - s.failed_at >= self._failback_after_s)
+            for s in self._sources[: self.active]
+        )
+
+    def _choose_next(self, outcome: str) -> None:
+        now = time.monotonic()
+        old = self.active
+        if outcome == "failback":
+            for i, s in enumerate(self._sources[: self.active]):
+                if s.disabled is None and (s.failed_at is None or now - s.failed_at >= self._failback_after_s):
+                    self.active = i
+                    break
+        else:
+            self._sources[old].failed_at = now
+            n = len(self._sources)
+            for step in range(1, n + 1):
+                i = (old + step) % n
+                if self._sources[i].disabled is None:
+                    self.active = i
+                    break
+            else:
+                self._events.alert(
+                    "market_down", f"every source of {self.market} has a configuration error",
+                    severity="critical", market=self.market.value,
+                )
+                return
+        new = self._sources[self.active].feeder.ctx.name
+        self.switches += self.active != old
+        self._events.status(
+            f"feed.{self.market.value}",
+            "failover" if outcome != "failback" else "failback",
+            reason=outcome,
+            source=new,
+            previous=self._sources[old].feeder.ctx.name,
+        )

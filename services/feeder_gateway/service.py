@@ -1,0 +1,161 @@
+"""The feeder-gateway service: subscriptions in, feeders run per market, ticks out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from services.feeder_gateway.feeders.base import Feeder, FeederContext, FeederMetrics
+from services.feeder_gateway.feeders.registry import FEEDER_TYPES
+from services.feeder_gateway.market_feed import MarketFeed
+from services.feeder_gateway.subscriptions import SubscriptionWatcher
+from services.feeder_gateway.tick_publisher import TickPublisher
+from services.feeder_gateway.tick_queue import ConflatingTickQueue
+from shared.config import DATA_SOURCES_FILE, AppConfig, ConfigError, HttpSettings, SourceEntry
+from shared.dto import Subscription
+from shared.events import SystemEvents
+from shared.kafka import DeadLetters, Inbox, KafkaPublisher, ensure_topics
+from shared.logs import kv
+from shared.metrics import add_callback_metric
+from shared.runtime import Service
+from shared.symbols import Market
+from shared.topics import Topics
+
+log = logging.getLogger("gateway")
+
+DEFAULT_SOURCES = {m: [SourceEntry(type="sim")] for m in Market}
+
+
+class FeederGateway(Service):
+    """Owns provider connections; publishes normalized ticks keyed by symbol."""
+
+    name = "feeder-gateway"
+
+    def __init__(self, config: AppConfig) -> None:
+        super().__init__(config)
+        live = config.livedata
+        self.settings = live.gateway
+        self.topics = Topics(live.topics.prefix)
+        self.queue = ConflatingTickQueue(self.settings.queue_size)
+        self.events = SystemEvents(self.name, self.topics.system_events)
+        self.publisher = KafkaPublisher(live.kafka, f"{live.kafka.client_id}-gateway", self.metrics)
+        self.feeder_metrics = FeederMetrics(self.metrics)
+        self.feeds: dict[Market, MarketFeed] = self._build_feeds()
+        inbox = Inbox(
+            DeadLetters(self.publisher, self.topics, self.name, self.metrics),
+            self.metrics,
+            accepts={self.topics.subscriptions: (Subscription,)},
+        )
+        self.watcher = SubscriptionWatcher(
+            live.kafka, self.topics.subscriptions, inbox, self._apply, f"{live.kafka.client_id}-gateway-subs"
+        )
+        self.tick_publisher = TickPublisher(
+            self.queue, self.publisher, self.topics.market_data, self.settings.publish_batch_max
+        )
+        self._broker_ok = False
+        m = self.metrics
+        add_callback_metric(m, "gauge", "livedata_gateway_queue_depth", "Ticks waiting to be published", lambda: len(self.queue))
+        add_callback_metric(m, "counter", "livedata_gateway_ticks_in", "Ticks accepted from feeders", lambda: self.queue.accepted)
+        add_callback_metric(m, "counter", "livedata_gateway_ticks_out", "Ticks published", lambda: self.tick_publisher.published)
+        add_callback_metric(m, "counter", "livedata_gateway_ticks_conflated", "Ticks replaced by a newer tick of the same symbol", lambda: self.queue.conflated)
+        add_callback_metric(m, "counter", "livedata_gateway_failovers", "Source switches", lambda: sum(f.switches for f in self.feeds.values()))
+
+    @property
+    def http_settings(self) -> HttpSettings:
+        return self.settings.http
+
+    @property
+    def shutdown_timeout_s(self) -> float:
+        return self.settings.shutdown_timeout_s
+
+    def _build_feeds(self) -> dict[Market, MarketFeed]:
+        configured = self.config.data_sources.markets
+        markets = self.settings.markets or (list(configured) if configured else list(Market))
+        feeds: dict[Market, MarketFeed] = {}
+        for market in markets:
+            entries = configured[market].sources if market in configured else DEFAULT_SOURCES[market]
+            feeders: list[Feeder[Any]] = []
+            for i, entry in enumerate(entries):
+                key = f"markets.{market.value}.sources[{i}]"
+                if not entry.enabled:
+                    continue
+                cls = FEEDER_TYPES.get(entry.type)
+                if cls is None:
+                    known = ", ".join(sorted(FEEDER_TYPES))
+                    raise ConfigError(
+                        f"{self.config.directory / DATA_SOURCES_FILE}: {key}.type: unknown feeder type {entry.type!r} (known: {known})"
+                    )
+                ctx = FeederContext(
+                    name=entry.source_name,
+                    market=market,
+                    emit_status=self._feeder_status(market, entry.source_name),
+                    metrics=self.feeder_metrics,
+                )
+                feeders.append(
+                    cls.from_settings(
+                        self.config.source_settings(entry), ctx, str(self.config.directory / DATA_SOURCES_FILE), key
+                    )
+                )
+            if not feeders:
+                raise ConfigError(
+                    f"{self.config.directory / DATA_SOURCES_FILE}: markets.{market.value}.sources: no enabled source"
+                )
+            feeds[market] = MarketFeed(market, feeders, self.queue, self.events)
+        return feeds
+
+    def _feeder_status(self, market: Market, source: str) -> Any:
+        def emit(state: str, detail: dict[str, Any]) -> None:
+            self.events.status(f"feeder.{source}.{market.value}", state, **detail)
+
+        return emit
+
+    def _apply(self, market: Market, symbols: frozenset[str]) -> None:
+        feed = self.feeds.get(market)
+        if feed is None:
+            if symbols:
+                log.debug("market not served by this instance", extra=kv(market=market.value))
+            return
+        log.info("subscription", extra=kv(market=market.value, symbols=len(symbols)))
+        feed.set_symbols(symbols)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        feeds = {m.value: {"source": f.active_feeder.ctx.name, "connected": f.connected, "symbols": len(f.symbols)} for m, f in self.feeds.items()}
+        ready = self._broker_ok and self.watcher.caught_up.is_set()
+        return ready, {"broker": self._broker_ok, "subscriptions_loaded": self.watcher.caught_up.is_set(), "feeds": feeds}
+
+    def health(self) -> dict[str, Any]:
+        return {"service": self.name, "queue_depth": len(self.queue), "conflated": self.queue.conflated}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        kafka = self.config.livedata.kafka
+        if kafka.create_topics:
+            await ensure_topics(kafka, self.topics.with_partitions(kafka.partitions))
+        await self.publisher.start()
+        self._broker_ok = True
+        self.events.status("gateway", "started", markets=[m.value for m in self.feeds])
+        feed_stop = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                events_task = tg.create_task(self.events.run(self.publisher), name="gateway.events")
+                publish_task = tg.create_task(self.tick_publisher.run(), name="gateway.publish")
+                watcher_task = tg.create_task(self.watcher.run(feed_stop), name="gateway.subscriptions")
+                feed_tasks = [
+                    tg.create_task(feed.run(feed_stop), name=f"gateway.feed.{m.value}")
+                    for m, feed in self.feeds.items()
+                ]
+                await stop.wait()
+                # Ordered drain: feeders → queue → producer flush.
+                feed_stop.set()
+                await asyncio.gather(*feed_tasks, watcher_task)
+                self.queue.close()
+                await publish_task
+                self.events.status("gateway", "stopped", published=self.tick_publisher.published)
+                self.events.close()
+                await events_task
+        finally:
+            self._broker_ok = False
+            with contextlib.suppress(Exception):
+                await self.publisher.stop()
+        log.info("drained", extra=kv(published=self.tick_publisher.published, conflated=self.queue.conflated))

@@ -1,0 +1,91 @@
+"""Reads the ``subscriptions`` topic from the beginning: the desired symbols per market.
+
+Every gateway instance reads the whole topic with ``assign()`` (no consumer group), so
+each rebuilds the full desired state and keeps the markets it serves. Last value per
+market wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.config import KafkaSettings
+from shared.dto import Subscription
+from shared.kafka import Inbox, consumer_options
+from shared.logs import kv
+from shared.symbols import Market
+
+log = logging.getLogger("subscriptions")
+
+ApplyCallback = Callable[[Market, frozenset[str]], None]
+
+
+class SubscriptionWatcher:
+    """Follows the subscriptions topic and calls ``apply(market, symbols)`` on each change."""
+
+    def __init__(
+        self, kafka: KafkaSettings, topic: str, inbox: Inbox, apply: ApplyCallback, client_id: str
+    ) -> None:
+        self._kafka = kafka
+        self._topic = topic
+        self._inbox = inbox
+        self._apply = apply
+        self._client_id = client_id
+        self.desired: dict[Market, frozenset[str]] = {}
+        self.caught_up = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(**consumer_options(self._kafka, self._client_id))
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(self._topic)
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(self._topic) or {0}
+            tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while not stop.is_set():
+                batches = await consumer.getmany(*tps, timeout_ms=200, max_records=1000)
+                records = [r for rs in batches.values() for r in rs]
+                if records:
+                    self._on_messages([m for _, m in await self._inbox.decode(records)])
+                if not self.caught_up.is_set() and await self._all_at_end(consumer, tps):
+                    self.caught_up.set()
+                    log.info("subscriptions loaded", extra=kv(markets=len(self.desired)))
+        finally:
+            await consumer.stop()
+
+    @classmethod
+    async def _all_at_end(cls, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
+        for tp in tps:
+            if not await cls._at_end(consumer, tp):
+                return False
+        return True
+
+    @staticmethod
+    async def _at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+        high = consumer.highwater(tp)
+        if high is None:
+            # nothing fetched yet for this partition: ask the broker
+            high = (await consumer.end_offsets([tp]))[tp]
+        return bool(await consumer.position(tp) >= high)
+
+    def _on_messages(self, messages: list[object]) -> None:
+        latest: dict[Market, frozenset[str]] = {}
+        for m in messages:
+            if isinstance(m, Subscription):
+                try:
+                    market = Market(m.market)
+                except ValueError:
+                    log.warning("subscription for unknown market ignored", extra=kv(market=m.market))
+                    continue
+                latest[market] = frozenset(m.symbols)
+        for market, symbols in latest.items():
+            if self.desired.get(market) != symbols:
+                self.desired[market] = symbols
+                self._apply(market, symbols)

@@ -1,0 +1,76 @@
+"""System events (status, alert, command results) published on ``system.events``.
+
+``emit`` never blocks and never raises: events go into a bounded buffer that a task
+publishes; if the broker is away long enough to fill it, the oldest events are dropped
+and counted (events describe the system; ticks, bars and commands never go here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from shared.dto import Alert, CommandResult, Status, SystemEvent, utcnow
+from shared.kafka import KafkaPublisher
+from shared.logs import kv
+
+log = logging.getLogger("events")
+
+
+class SystemEvents:
+    """A non-blocking emitter of system events for one service."""
+
+    def __init__(self, service: str, topic: str, maxsize: int = 10_000) -> None:
+        self.service = service
+        self.topic = topic
+        self._buffer: deque[SystemEvent] = deque(maxlen=maxsize)
+        self._ready = asyncio.Event()
+        self._closed = False
+        self.dropped = 0
+
+    def emit(self, event: SystemEvent) -> None:
+        if len(self._buffer) == self._buffer.maxlen:
+            self.dropped += 1
+        self._buffer.append(event)
+        self._ready.set()
+
+    def status(self, component: str, state: str, **detail: Any) -> None:
+        log.info("status", extra=kv(component=component, state=state, **detail))
+        self.emit(Status(service=self.service, component=component, state=state, detail=detail, timestamp=utcnow()))
+
+    def alert(
+        self, code: str, message: str, severity: str = "warning", symbol: str | None = None, **detail: Any
+    ) -> None:
+        log.warning("alert %s: %s", code, message, extra=kv(symbol=symbol, **detail))
+        self.emit(
+            Alert(
+                service=self.service,
+                code=code,
+                message=message,
+                severity=severity,  # type: ignore[arg-type]
+                symbol=symbol,
+                detail=detail,
+                timestamp=utcnow(),
+            )
+        )
+
+    def result(self, result: CommandResult) -> None:
+        self.emit(result)
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def run(self, publisher: KafkaPublisher) -> None:
+        """Publish buffered events until closed and drained."""
+        while True:
+            while not self._buffer:
+                if self._closed:
+                    return
+                self._ready.clear()
+                await self._ready.wait()
+            batch = list(self._buffer)
+            self._buffer.clear()
+            await publisher.publish_many(self.topic, [(self.service, e) for e in batch])
