@@ -75,6 +75,9 @@ class KafkaSettings(Strict):
     enable_idempotence: bool = False
     """Needs a broker that supports InitProducerId v3+ (Apache Kafka does; Tansu does not)."""
     request_timeout_ms: int = Field(30_000, ge=1000)
+    session_timeout_ms: int = Field(6_000, ge=1_000)
+    """Consumer-group session timeout; group joins take about half of it."""
+    heartbeat_interval_ms: int = Field(1_000, ge=100)
     create_topics: bool = True
     """Create missing topics at start-up with the partition counts below."""
     replication_factor: int = Field(1, ge=1)

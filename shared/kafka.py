@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -46,6 +46,8 @@ def consumer_options(k: KafkaSettings, client_id: str, **extra: Any) -> dict[str
         "auto_offset_reset": "earliest",
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "fetch_max_wait_ms": 50,
+        "session_timeout_ms": k.session_timeout_ms,
+        "heartbeat_interval_ms": k.heartbeat_interval_ms,
     }
     opts.update(extra)
     return opts
@@ -247,3 +249,33 @@ class Inbox:
         return out
 
 
+
+
+async def assign_all(consumer: AIOKafkaConsumer, topic: str, wait_s: float = 30.0) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` (no consumer group) and return them.
+
+    Waits up to ``wait_s`` for the topic to exist (another service may be creating it).
+    """
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while not (partitions := consumer.partitions_for_topic(topic)):
+        if asyncio.get_running_loop().time() > deadline:
+            raise KafkaError(f"topic {topic} does not exist after {wait_s}s")
+        await consumer._client.force_metadata_update()
+        if not consumer.partitions_for_topic(topic):
+            await asyncio.sleep(0.1)  # metadata refresh interval while the topic is created
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    return tps
+
+
+async def at_end(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> bool:
+    """Whether every partition has been read up to the high watermark of its last fetch.
+
+    Uses ``highwater`` from fetch responses, not ``end_offsets`` (which some brokers,
+    Tansu among them, answer with the last batch's base offset + 1).
+    """
+    for tp in tps:
+        high = consumer.highwater(tp)
+        if high is None or await consumer.position(tp) < high:
+            return False
+    return True

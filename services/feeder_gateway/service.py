@@ -71,45 +71,7 @@ class FeederGateway(Service):
         return self.settings.shutdown_timeout_s
 
     def _build_feeds(self) -> dict[Market, MarketFeed]:
-        configured = self.config.data_sources.markets
-        markets = self.settings.markets or (list(configured) if configured else list(Market))
-        feeds: dict[Market, MarketFeed] = {}
-        for market in markets:
-            entries = configured[market].sources if market in configured else DEFAULT_SOURCES[market]
-            feeders: list[Feeder[Any]] = []
-            for i, entry in enumerate(entries):
-                key = f"markets.{market.value}.sources[{i}]"
-                if not entry.enabled:
-                    continue
-                cls = FEEDER_TYPES.get(entry.type)
-                if cls is None:
-                    known = ", ".join(sorted(FEEDER_TYPES))
-                    raise ConfigError(
-                        f"{self.config.directory / DATA_SOURCES_FILE}: {key}.type: unknown feeder type {entry.type!r} (known: {known})"
-                    )
-                ctx = FeederContext(
-                    name=entry.source_name,
-                    market=market,
-                    emit_status=self._feeder_status(market, entry.source_name),
-                    metrics=self.feeder_metrics,
-                )
-                feeders.append(
-                    cls.from_settings(
-                        self.config.source_settings(entry), ctx, str(self.config.directory / DATA_SOURCES_FILE), key
-                    )
-                )
-            if not feeders:
-                raise ConfigError(
-                    f"{self.config.directory / DATA_SOURCES_FILE}: markets.{market.value}.sources: no enabled source"
-                )
-            feeds[market] = MarketFeed(market, feeders, self.queue, self.events)
-        return feeds
-
-    def _feeder_status(self, market: Market, source: str) -> Any:
-        def emit(state: str, detail: dict[str, Any]) -> None:
-            self.events.status(f"feeder.{source}.{market.value}", state, **detail)
-
-        return emit
+        return build_feeds(self.config, self.queue, self.events, self.feeder_metrics)
 
     def _apply(self, market: Market, symbols: frozenset[str]) -> None:
         feed = self.feeds.get(market)
@@ -159,3 +121,46 @@ class FeederGateway(Service):
             with contextlib.suppress(Exception):
                 await self.publisher.stop()
         log.info("drained", extra=kv(published=self.tick_publisher.published, conflated=self.queue.conflated))
+
+
+def _feeder_status(events: SystemEvents, market: Market, source: str) -> Any:
+    def emit(state: str, detail: dict[str, Any]) -> None:
+        events.status(f"feeder.{source}.{market.value}", state, **detail)
+
+    return emit
+
+
+def build_feeds(
+    config: AppConfig, queue: ConflatingTickQueue, events: SystemEvents, feeder_metrics: FeederMetrics
+) -> dict[Market, MarketFeed]:
+    """One MarketFeed per served market from data_sources.yml (sim everywhere if empty).
+
+    Raises ConfigError naming data_sources.yml and the key of a bad source.
+    """
+    configured = config.data_sources.markets
+    settings = config.livedata.gateway
+    markets = settings.markets or (list(configured) if configured else list(Market))
+    where = str(config.directory / DATA_SOURCES_FILE)
+    feeds: dict[Market, MarketFeed] = {}
+    for market in markets:
+        entries = configured[market].sources if market in configured else DEFAULT_SOURCES[market]
+        feeders: list[Feeder[Any]] = []
+        for i, entry in enumerate(entries):
+            key = f"markets.{market.value}.sources[{i}]"
+            if not entry.enabled:
+                continue
+            cls = FEEDER_TYPES.get(entry.type)
+            if cls is None:
+                known = ", ".join(sorted(FEEDER_TYPES))
+                raise ConfigError(f"{where}: {key}.type: unknown feeder type {entry.type!r} (known: {known})")
+            ctx = FeederContext(
+                name=entry.source_name,
+                market=market,
+                emit_status=_feeder_status(events, market, entry.source_name),
+                metrics=feeder_metrics,
+            )
+            feeders.append(cls.from_settings(config.source_settings(entry), ctx, where, key))
+        if not feeders:
+            raise ConfigError(f"{where}: markets.{market.value}.sources: no enabled source")
+        feeds[market] = MarketFeed(market, feeders, queue, events)
+    return feeds

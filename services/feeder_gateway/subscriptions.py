@@ -11,11 +11,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from shared.config import KafkaSettings
 from shared.dto import Subscription
-from shared.kafka import Inbox, consumer_options
+from shared.kafka import Inbox, assign_all, at_end, consumer_options
 from shared.logs import kv
 from shared.symbols import Market
 
@@ -42,38 +42,18 @@ class SubscriptionWatcher:
         consumer = AIOKafkaConsumer(**consumer_options(self._kafka, self._client_id))
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(self._topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(self._topic) or {0}
-            tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
+            tps = await assign_all(consumer, self._topic)
             await consumer.seek_to_beginning(*tps)
             while not stop.is_set():
                 batches = await consumer.getmany(*tps, timeout_ms=200, max_records=1000)
                 records = [r for rs in batches.values() for r in rs]
                 if records:
                     self._on_messages([m for _, m in await self._inbox.decode(records)])
-                if not self.caught_up.is_set() and await self._all_at_end(consumer, tps):
+                if not self.caught_up.is_set() and await at_end(consumer, tps):
                     self.caught_up.set()
                     log.info("subscriptions loaded", extra=kv(markets=len(self.desired)))
         finally:
             await consumer.stop()
-
-    @classmethod
-    async def _all_at_end(cls, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
-        for tp in tps:
-            if not await cls._at_end(consumer, tp):
-                return False
-        return True
-
-    @staticmethod
-    async def _at_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
-        high = consumer.highwater(tp)
-        if high is None:
-            # nothing fetched yet for this partition: ask the broker
-            high = (await consumer.end_offsets([tp]))[tp]
-        return bool(await consumer.position(tp) >= high)
 
     def _on_messages(self, messages: list[object]) -> None:
         latest: dict[Market, frozenset[str]] = {}

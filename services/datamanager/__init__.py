@@ -1,0 +1,1 @@
+"""datamanager: interest per subscriber → subscriptions; ticks → bars; bar_snapshot."""

@@ -1,0 +1,1 @@
+"""tasktimer: publishes control commands on cron schedules, each instant once."""

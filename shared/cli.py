@@ -1,0 +1,203 @@
+"""``livedata``: the operator's command line (demo, broker, validate, jobs, fire, command)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from shared.config import AppConfig, ConfigError, load_config
+from shared.runtime import run_async
+
+REPO_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "config" / "demo"
+
+
+def _config(args: argparse.Namespace) -> AppConfig:
+    return load_config(args.config_dir)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shared.demo import DEFAULT_SYMBOLS, run_demo
+    from shared.logs import setup_logging
+
+    setup_logging("demo", "WARNING")
+    config = load_config(args.config_dir or REPO_DEMO_CONFIG)
+    symbols = args.symbols.split(",") if args.symbols else list(DEFAULT_SYMBOLS)
+    return run_async(run_demo(config, symbols, args.duration, Path(args.log_dir)))
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from shared.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}  (pid {broker.pid}; Ctrl-C stops)", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    done.wait()
+    broker.stop()
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from services.feeder_gateway.feeders.base import FeederMetrics
+    from services.feeder_gateway.service import build_feeds
+    from services.feeder_gateway.tick_queue import ConflatingTickQueue
+    from shared.events import SystemEvents
+    from shared.metrics import ServiceMetrics
+
+    config = _config(args)
+    feeds = build_feeds(config, ConflatingTickQueue(100), SystemEvents("validate", "-"), FeederMetrics(ServiceMetrics("validate")))
+    print(f"{config.directory}: OK")
+    for market, feed in feeds.items():
+        print(f"  {market.value}: sources " + ", ".join(s.feeder.ctx.name for s in feed._sources))
+    print(f"  task_timer.yml: {len(config.task_timer.jobs)} jobs")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from services.tasktimer.cron import next_fire
+    from shared.dto import utcnow
+
+    config = _config(args)
+    now = utcnow()
+    print(f"{'job':<24}{'enabled':<9}{'cron':<18}{'timezone':<20}{'next fire':<27}command")
+    for job in config.task_timer.jobs:
+        nxt = next_fire(job, now).isoformat() if job.enabled else "-"
+        print(f"{job.name:<24}{job.enabled!s:<9}{job.cron:<18}{job.timezone:<20}{nxt:<27}{job.command} {job.params}")
+    return 0
+
+
+async def _publish_and_wait(config: AppConfig, command: Any, topic: str, key: str, wait_s: float) -> int:
+    from aiokafka import AIOKafkaConsumer
+
+    from shared.dto import CommandResult, DecodeError, decode
+    from shared.kafka import KafkaPublisher, assign_all, consumer_options
+    from shared.topics import Topics
+
+    kafka = config.livedata.kafka
+    topics = Topics(config.livedata.topics.prefix)
+    consumer = AIOKafkaConsumer(**consumer_options(kafka, "livedata-cli"))
+    await consumer.start()
+    try:
+        tps = await assign_all(consumer, topics.system_events)
+        await consumer.seek_to_end(*tps)
+        async with KafkaPublisher(kafka, "livedata-cli") as pub:
+            await pub.publish(topic, command, key=key)
+        print(f"published {command.command} correlation_id={command.correlation_id}")
+        if wait_s <= 0:
+            return 0
+        async with asyncio.timeout(wait_s):
+            while True:
+                for recs in (await consumer.getmany(timeout_ms=500)).values():
+                    for rec in recs:
+                        try:
+                            msg = decode(rec.value or b"")
+                        except DecodeError:
+                            continue
+                        if isinstance(msg, CommandResult) and msg.correlation_id == command.correlation_id:
+                            print(f"{msg.service}: ok={msg.ok} duration_ms={msg.duration_ms} {msg.detail}")
+                            return 0 if msg.ok else 1
+    except TimeoutError:
+        print(f"no command_result within {wait_s}s", file=sys.stderr)
+        return 1
+    finally:
+        await consumer.stop()
+
+
+def cmd_fire(args: argparse.Namespace) -> int:
+    from services.tasktimer.cron import fire_id
+    from shared.dto import ControlCommand, utcnow
+    from shared.topics import Topics
+
+    config = _config(args)
+    jobs = {j.name: j for j in config.task_timer.jobs}
+    job = jobs.get(args.job)
+    if job is None:
+        print(f"no job {args.job!r} in task_timer.yml (jobs: {', '.join(jobs) or 'none'})", file=sys.stderr)
+        return 2
+    now = utcnow()
+    cmd = ControlCommand(
+        command=job.command, params=dict(job.params), source="livedata-cli",
+        correlation_id=f"manual:{fire_id(job, now)}:{uuid.uuid4().hex[:8]}", target=job.target, timestamp=now,
+    )
+    topic = Topics(config.livedata.topics.prefix).named(job.topic)
+    return run_async(_publish_and_wait(config, cmd, topic, job.target, args.wait))
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from shared.dto import ControlCommand, utcnow
+    from shared.topics import Topics
+
+    config = _config(args)
+    params: dict[str, Any] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"bad parameter {item!r}: expected key=value", file=sys.stderr)
+            return 2
+        params[key] = yaml.safe_load(value)
+    cmd = ControlCommand(
+        command=args.name, params=params, source="livedata-cli",
+        correlation_id=f"cli:{uuid.uuid4().hex}", target=args.target, timestamp=utcnow(),
+    )
+    topics = Topics(config.livedata.topics.prefix)
+    return run_async(_publish_and_wait(config, cmd, topics.control_commands, args.target, args.wait))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="livedata", description="ginkgo-livedata operator commands.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config-dir", type=Path, default=None, help="config directory (default: $GINKGO_DIR, else ~/.ginkgo)")
+        return sp
+
+    d = with_config(sub.add_parser("demo", help="embedded broker + three daemons + live view (config: deploy/config/demo)"))
+    d.add_argument("--symbols", help="comma-separated symbols (default: a CN/HK/US handful)")
+    d.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
+    d.add_argument("--log-dir", default=".run/demo", help="daemon and broker logs (default: .run/demo)")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
+    b.add_argument("--port", type=int, default=9092)
+    b.set_defaults(func=cmd_broker)
+
+    with_config(sub.add_parser("validate", help="validate a config directory, feeder settings included")).set_defaults(func=cmd_validate)
+    with_config(sub.add_parser("jobs", help="list task_timer.yml jobs with their next fire times")).set_defaults(func=cmd_jobs)
+
+    f = with_config(sub.add_parser("fire", help="publish a job's command now and wait for its result"))
+    f.add_argument("job")
+    f.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the command_result (0: don't)")
+    f.set_defaults(func=cmd_fire)
+
+    c = with_config(sub.add_parser("command", help="publish a control command, e.g. bar_snapshot market=CN"))
+    c.add_argument("name")
+    c.add_argument("param", nargs="*", help="key=value parameters (values parsed as YAML scalars)")
+    c.add_argument("--target", default="datamanager")
+    c.add_argument("--wait", type=float, default=10.0)
+    c.set_defaults(func=cmd_command)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"livedata {args.cmd}: configuration error:\n{e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
