@@ -184,7 +184,7 @@ SystemEvent = Status | Alert | CommandResult
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Message] = msgspec.json.Decoder(Message)
 
-DecodeError = msgspec.ValidationError | msgspec.DecodeError
+DecodeError = msgspec.DecodeError  # ValidationError subclasses it
 
 
 def encode(message: Message) -> bytes:

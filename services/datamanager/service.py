@@ -59,6 +59,8 @@ class DataManager(Service):
         self.desk.register("bar_snapshot", self._bar_snapshot)
         self.desk.register("status", self._status)
         self.interest_loaded = asyncio.Event()
+        self.ticks_ready = asyncio.Event()  # the bars consumer group has its partitions
+        self.commands_ready = asyncio.Event()
         self._revision: dict[Market, int] = {}
         self._broker_ok = False
         m = self.metrics
@@ -77,8 +79,13 @@ class DataManager(Service):
         return self.settings.shutdown_timeout_s
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ready = self._broker_ok and self.interest_loaded.is_set()
-        return ready, {"broker": self._broker_ok, "interest_loaded": self.interest_loaded.is_set()}
+        parts = {
+            "broker": self._broker_ok,
+            "interest_loaded": self.interest_loaded.is_set(),
+            "ticks_consumer": self.ticks_ready.is_set(),
+            "commands_consumer": self.commands_ready.is_set(),
+        }
+        return all(parts.values()), parts
 
     def health(self) -> dict[str, Any]:
         return {
@@ -189,6 +196,7 @@ class DataManager(Service):
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                await _mark_ready(consumer, self.ticks_ready)
                 if not batches:
                     continue
                 records = [r for rs in batches.values() for r in rs]
@@ -222,6 +230,7 @@ class DataManager(Service):
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=100)
+                await _mark_ready(consumer, self.commands_ready)
                 if not batches:
                     continue
                 records = [r for rs in batches.values() for r in rs]
@@ -281,3 +290,15 @@ class DataManager(Service):
 
     async def _status(self, cmd: ControlCommand) -> dict[str, Any]:
         return {**self.health(), "rejected": dict(self.bars.rejected)}
+
+
+async def _mark_ready(consumer: AIOKafkaConsumer, ready: asyncio.Event) -> None:
+    """Set ``ready`` once the group assigned partitions and their start offsets are known
+    (a message sent after that is seen, even by a consumer that starts at the end)."""
+    if ready.is_set():
+        return
+    assigned = consumer.assignment()
+    if assigned:
+        for tp in assigned:
+            await consumer.position(tp)
+        ready.set()

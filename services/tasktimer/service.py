@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -25,8 +26,9 @@ class TaskTimer(Service):
 
     name = "tasktimer"
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, clock: Callable[[], datetime] = utcnow) -> None:
         super().__init__(config)
+        self.clock = clock
         live = config.livedata
         self.settings = live.tasktimer
         self.kafka = live.kafka
@@ -62,7 +64,7 @@ class TaskTimer(Service):
             source=self.name,
             correlation_id=fire_id(job, instant),
             target=job.target,
-            timestamp=utcnow(),
+            timestamp=utcnow(),  # issued at: real time, whatever the schedule clock
             scheduled_for=instant,
         )
 
@@ -82,7 +84,7 @@ class TaskTimer(Service):
             self._failures.labels(job.name).inc()
             self.events.alert("timer_fire_failed", f"job {job.name} could not publish within the grace period", fire=fid)
             return
-        lateness = (utcnow() - instant).total_seconds()
+        lateness = (self.clock() - instant).total_seconds()
         self._lateness.observe(max(lateness, 0.0))
         self._fires.labels(job.name).inc()
         log.info("fired", extra=kv(job=job.name, instant=instant.isoformat(), lateness_ms=round(lateness * 1000, 1)))
@@ -97,7 +99,7 @@ class TaskTimer(Service):
             async with asyncio.TaskGroup() as tg:
                 events_task = tg.create_task(self.events.run(self.publisher), name="timer.events")
                 fires: set[asyncio.Task[None]] = set()
-                now = utcnow()
+                now = self.clock()
                 pending = {j.name: (j, next_fire(j, now)) for j in self.jobs}
                 while not stop.is_set():
                     self.next_fires = {name: at for name, (_, at) in pending.items()}
@@ -105,17 +107,17 @@ class TaskTimer(Service):
                         await stop.wait()
                         break
                     soonest = min(at for _, at in pending.values())
-                    delay = (soonest - utcnow()).total_seconds()
+                    delay = (soonest - self.clock()).total_seconds()
                     if delay > 0:
                         # wake a hair early, then on time: wait_for has ~ms jitter
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), timeout=delay)
                         if stop.is_set():
                             break
-                        remaining = (soonest - utcnow()).total_seconds()
+                        remaining = (soonest - self.clock()).total_seconds()
                         if remaining > 0:
                             continue
-                    now = utcnow()
+                    now = self.clock()
                     for name, (job, at) in list(pending.items()):
                         if at <= now:
                             # each fire is its own task: a slow broker delays no other job

