@@ -26,7 +26,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     setup_logging("demo", "WARNING")
     config = load_config(args.config_dir or REPO_DEMO_CONFIG)
     symbols = args.symbols.split(",") if args.symbols else list(DEFAULT_SYMBOLS)
-    return run_async(run_demo(config, symbols, args.duration, Path(args.log_dir)))
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return run_async(run_demo(config, symbols, args.duration, log_dir))
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -53,7 +55,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from shared.metrics import ServiceMetrics
 
     config = _config(args)
-    feeds = build_feeds(config, ConflatingTickQueue(100), SystemEvents("validate", "-"), FeederMetrics(ServiceMetrics("validate")))
+    feeds = build_feeds(
+        config, ConflatingTickQueue(100), SystemEvents("validate", "-"), FeederMetrics(ServiceMetrics("validate"))
+    )
     print(f"{config.directory}: OK")
     for market, feed in feeds.items():
         print(f"  {market.value}: sources " + ", ".join(s.feeder.ctx.name for s in feed._sources))
@@ -124,8 +128,12 @@ def cmd_fire(args: argparse.Namespace) -> int:
         return 2
     now = utcnow()
     cmd = ControlCommand(
-        command=job.command, params=dict(job.params), source="livedata-cli",
-        correlation_id=f"manual:{fire_id(job, now)}:{uuid.uuid4().hex[:8]}", target=job.target, timestamp=now,
+        command=job.command,
+        params=dict(job.params),
+        source="livedata-cli",
+        correlation_id=f"manual:{fire_id(job, now)}:{uuid.uuid4().hex[:8]}",
+        target=job.target,
+        timestamp=now,
     )
     topic = Topics(config.livedata.topics.prefix).named(job.topic)
     return run_async(_publish_and_wait(config, cmd, topic, job.target, args.wait))
@@ -146,8 +154,12 @@ def cmd_command(args: argparse.Namespace) -> int:
             return 2
         params[key] = yaml.safe_load(value)
     cmd = ControlCommand(
-        command=args.name, params=params, source="livedata-cli",
-        correlation_id=f"cli:{uuid.uuid4().hex}", target=args.target, timestamp=utcnow(),
+        command=args.name,
+        params=params,
+        source="livedata-cli",
+        correlation_id=f"cli:{uuid.uuid4().hex}",
+        target=args.target,
+        timestamp=utcnow(),
     )
     topics = Topics(config.livedata.topics.prefix)
     return run_async(_publish_and_wait(config, cmd, topics.control_commands, args.target, args.wait))
@@ -158,10 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--config-dir", type=Path, default=None, help="config directory (default: $GINKGO_DIR, else ~/.ginkgo)")
+        sp.add_argument(
+            "--config-dir", type=Path, default=None, help="config directory (default: $GINKGO_DIR, else ~/.ginkgo)"
+        )
         return sp
 
-    d = with_config(sub.add_parser("demo", help="embedded broker + three daemons + live view (config: deploy/config/demo)"))
+    d = with_config(
+        sub.add_parser("demo", help="embedded broker + three daemons + live view (config: deploy/config/demo)")
+    )
     d.add_argument("--symbols", help="comma-separated symbols (default: a CN/HK/US handful)")
     d.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
     d.add_argument("--log-dir", default=".run/demo", help="daemon and broker logs (default: .run/demo)")
@@ -171,8 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=9092)
     b.set_defaults(func=cmd_broker)
 
-    with_config(sub.add_parser("validate", help="validate a config directory, feeder settings included")).set_defaults(func=cmd_validate)
-    with_config(sub.add_parser("jobs", help="list task_timer.yml jobs with their next fire times")).set_defaults(func=cmd_jobs)
+    with_config(sub.add_parser("validate", help="validate a config directory, feeder settings included")).set_defaults(
+        func=cmd_validate
+    )
+    with_config(sub.add_parser("jobs", help="list task_timer.yml jobs with their next fire times")).set_defaults(
+        func=cmd_jobs
+    )
 
     f = with_config(sub.add_parser("fire", help="publish a job's command now and wait for its result"))
     f.add_argument("job")

@@ -74,7 +74,9 @@ class LiveDataClient:
         try:
             await self._publisher.start()
             self._consumer = AIOKafkaConsumer(
-                **consumer_options(self._kafka, f"livedata-client-{self.portfolio_id}-{self.node_id}", fetch_max_wait_ms=5)
+                **consumer_options(
+                    self._kafka, f"livedata-client-{self.portfolio_id}-{self.node_id}", fetch_max_wait_ms=5
+                )
             )
             await self._consumer.start()
             tps = await assign_all(self._consumer, self.topics.market_data)
@@ -110,9 +112,7 @@ class LiveDataClient:
         await self.start()
         return self
 
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         await self.stop()
 
     # -- interest -----------------------------------------------------------------------

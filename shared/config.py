@@ -353,9 +353,5 @@ def load_config(directory: Path | str | None = None, env: Mapping[str, str] | No
     names = [e.source_name for ms in sources.markets.values() for e in ms.sources]
     for name in secrets:
         if name not in names:
-            raise ConfigError(
-                f"{d / SECURE_FILE}: {name}: no source of that name in {DATA_SOURCES_FILE}"
-            )
-    return AppConfig(
-        directory=d, livedata=livedata, data_sources=sources, task_timer=timer, secrets=secrets
-    )
+            raise ConfigError(f"{d / SECURE_FILE}: {name}: no source of that name in {DATA_SOURCES_FILE}")
+    return AppConfig(directory=d, livedata=livedata, data_sources=sources, task_timer=timer, secrets=secrets)

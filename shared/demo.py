@@ -73,20 +73,30 @@ class LiveView:
     def render(self) -> str:
         up = time.monotonic() - self.started
         head = f"ginkgo-livedata demo  up {up:5.0f}s  (Ctrl-C stops everything)"
-        lines = [head, "", f"{'symbol':<11}{'mkt':<4}{'last':>10}{'chg':>9}{'chg%':>8}{'volume':>14}{'lat ms':>8}{'ticks':>7}  src"]
+        lines = [
+            head,
+            "",
+            f"{'symbol':<11}{'mkt':<4}{'last':>10}{'chg':>9}{'chg%':>8}{'volume':>14}{'lat ms':>8}{'ticks':>7}  src",
+        ]
         for r in self.rows.values():
             chg = r.last - r.open if r.open else 0.0
             pct = chg / r.open * 100 if r.open else 0.0
             vol = f"{r.volume:,.0f}" if r.volume is not None else "-"
             lines.append(
-                f"{r.symbol:<11}{market_of(r.symbol).value:<4}{r.last:>10.2f}{chg:>+9.2f}{pct:>+7.2f}%{vol:>14}{r.latency_ms:>8.1f}{r.ticks:>7}  {r.source}"
+                f"{r.symbol:<11}{market_of(r.symbol).value:<4}{r.last:>10.2f}{chg:>+9.2f}{pct:>+7.2f}%"
+                f"{vol:>14}{r.latency_ms:>8.1f}{r.ticks:>7}  {r.source}"
             )
-        lines += ["", f"daily bars (bar_snapshot, every minute): {self.snapshots} received, last at {self.last_snapshot or '-'} UTC"]
+        lines += [
+            "",
+            f"daily bars (bar_snapshot, every minute): {self.snapshots} received,"
+            f" last at {self.last_snapshot or '-'} UTC",
+        ]
         for r in self.rows.values():
             b = r.bar
             if b is not None:
                 lines.append(
-                    f"  {b.symbol:<11}{b.trading_day or '':<11} O {b.open:>9.2f} H {b.high:>9.2f} L {b.low:>9.2f} C {b.close:>9.2f} V {b.volume:>14,.0f}"
+                    f"  {b.symbol:<11}{b.trading_day or '':<11} O {b.open:>9.2f} H {b.high:>9.2f}"
+                    f" L {b.low:>9.2f} C {b.close:>9.2f} V {b.volume:>14,.0f}"
                 )
         return "\n".join(lines)
 
@@ -95,12 +105,22 @@ class LiveView:
         return f"[{time.monotonic() - self.started:5.0f}s] " + " ".join(parts) + f" | snapshots={self.snapshots}"
 
 
-async def _start_daemon(module: str, config_dir: Path, env: dict[str, str], log_dir: Path) -> asyncio.subprocess.Process:
-    log_path = log_dir / f"{module.split('.')[-1]}.log"
-    with open(log_path, "ab") as out:
+async def _start_daemon(
+    module: str, config_dir: Path, env: dict[str, str], log_dir: Path
+) -> asyncio.subprocess.Process:
+    log_path = log_dir / f"{module.rsplit('.', maxsplit=1)[-1]}.log"
+    # a local append-only log file handed to the child: no wait worth a thread
+    with open(log_path, "ab") as out:  # noqa: ASYNC230
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", module, "--config-dir", str(config_dir),
-            stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=env,
+            sys.executable,
+            "-m",
+            module,
+            "--config-dir",
+            str(config_dir),
+            stdout=out,
+            stderr=out,
+            stdin=asyncio.subprocess.DEVNULL,
+            env=env,
             start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
         )
 
@@ -119,7 +139,6 @@ async def _stop_daemon(proc: asyncio.subprocess.Process, timeout_s: float = 10.0
 
 
 async def run_demo(config: AppConfig, symbols: list[str], duration_s: float | None, log_dir: Path) -> int:
-    log_dir.mkdir(parents=True, exist_ok=True)
     tty = sys.stdout.isatty()
     out = sys.stdout
     broker = EmbeddedBroker(log_path=log_dir / "broker.log")
@@ -139,8 +158,11 @@ async def run_demo(config: AppConfig, symbols: list[str], duration_s: float | No
             procs.append(await _start_daemon(module, config.directory, env, log_dir))
         print(f"started {', '.join(DAEMONS)}; subscribing {len(symbols)} symbols", flush=True)
         client = LiveDataClient(
-            broker.bootstrap_servers, portfolio_id="demo", node_id=f"demo-{os.getpid()}",
-            topics=Topics(config.livedata.topics.prefix), lease_s=30.0,
+            broker.bootstrap_servers,
+            portfolio_id="demo",
+            node_id=f"demo-{os.getpid()}",
+            topics=Topics(config.livedata.topics.prefix),
+            lease_s=30.0,
         )
         view = LiveView(symbols, tty)
         async with client:
@@ -164,7 +186,7 @@ async def run_demo(config: AppConfig, symbols: list[str], duration_s: float | No
             async def watch() -> None:
                 waits = [asyncio.create_task(p.wait()) for p in procs]
                 try:
-                    done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for w in waits:
                         w.cancel()
@@ -187,7 +209,8 @@ async def run_demo(config: AppConfig, symbols: list[str], duration_s: float | No
             print("no price arrived: see the daemon logs in " + str(log_dir), file=sys.stderr)
             rc = 1
         else:
-            print(f"\nfirst tick after {view.first_tick_s:.1f}s; {sum(r.ticks for r in view.rows.values())} ticks, {view.snapshots} snapshots")
+            ticks = sum(r.ticks for r in view.rows.values())
+            print(f"\nfirst tick after {view.first_tick_s:.1f}s; {ticks} ticks, {view.snapshots} snapshots")
     except* DaemonDied:
         rc = 1
     finally:

@@ -32,7 +32,7 @@ class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_fiel
     """Base of every wire message; ``type`` is the tag, ``v`` the schema version."""
 
 
-class PriceUpdate(_Message, tag="price_update"):
+class PriceUpdate(_Message, tag="price_update", frozen=True):
     """A normalized quote or trade for one symbol."""
 
     symbol: Symbol
@@ -58,7 +58,7 @@ class PriceUpdate(_Message, tag="price_update"):
 BarPeriod = Literal["1m", "1d"]
 
 
-class Bar(_Message, tag="bar"):
+class Bar(_Message, tag="bar", frozen=True):
     """An OHLCV bar; ``timestamp`` is the bar's start (UTC)."""
 
     symbol: Symbol
@@ -81,7 +81,7 @@ class Bar(_Message, tag="bar"):
 UpdateType = Literal["replace", "add", "remove", "clear"]
 
 
-class InterestUpdate(_Message, tag="interest_update"):
+class InterestUpdate(_Message, tag="interest_update", frozen=True):
     """One subscriber's change of interest; a subscriber is (portfolio_id, node_id)."""
 
     portfolio_id: Annotated[str, msgspec.Meta(min_length=1)]
@@ -93,7 +93,7 @@ class InterestUpdate(_Message, tag="interest_update"):
     lease_s: float | None = None  # drop this subscriber's symbols if not renewed in time
 
 
-class ControlCommand(_Message, tag="control_command"):
+class ControlCommand(_Message, tag="control_command", frozen=True):
     """A command for a service, e.g. ``bar_snapshot``; answered once per correlation_id."""
 
     command: Annotated[str, msgspec.Meta(min_length=1)]
@@ -106,7 +106,7 @@ class ControlCommand(_Message, tag="control_command"):
     scheduled_for: AwareDatetime | None = None  # the cron instant, for timer-issued commands
 
 
-class Subscription(_Message, tag="subscription"):
+class Subscription(_Message, tag="subscription", frozen=True):
     """The full desired symbol set of one market; the last value per market wins."""
 
     market: str
@@ -116,7 +116,7 @@ class Subscription(_Message, tag="subscription"):
     revision: int = 0  # increases with every change published by the datamanager
 
 
-class Status(_Message, tag="status"):
+class Status(_Message, tag="status", frozen=True):
     """A service or component state change (connected, resubscribed, gap, ...)."""
 
     service: str
@@ -127,7 +127,7 @@ class Status(_Message, tag="status"):
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class Alert(_Message, tag="alert"):
+class Alert(_Message, tag="alert", frozen=True):
     """Something an operator should look at (data quality, stale feed, config error)."""
 
     service: str
@@ -140,7 +140,7 @@ class Alert(_Message, tag="alert"):
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class CommandResult(_Message, tag="command_result"):
+class CommandResult(_Message, tag="command_result", frozen=True):
     """The answer to one ControlCommand."""
 
     service: str
@@ -153,7 +153,7 @@ class CommandResult(_Message, tag="command_result"):
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class DeadLetter(_Message, tag="dead_letter"):
+class DeadLetter(_Message, tag="dead_letter", frozen=True):
     """A message a consumer could not decode or process, with the reason."""
 
     service: str
@@ -168,15 +168,7 @@ class DeadLetter(_Message, tag="dead_letter"):
 
 
 Message = (
-    PriceUpdate
-    | Bar
-    | InterestUpdate
-    | ControlCommand
-    | Subscription
-    | Status
-    | Alert
-    | CommandResult
-    | DeadLetter
+    PriceUpdate | Bar | InterestUpdate | ControlCommand | Subscription | Status | Alert | CommandResult | DeadLetter
 )
 MarketData = PriceUpdate | Bar
 SystemEvent = Status | Alert | CommandResult

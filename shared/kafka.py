@@ -88,9 +88,7 @@ class KafkaPublisher:
     are delivered or ``stop()`` is called (then they are counted as lost and logged).
     """
 
-    def __init__(
-        self, settings: KafkaSettings, client_id: str, metrics: ServiceMetrics | None = None
-    ) -> None:
+    def __init__(self, settings: KafkaSettings, client_id: str, metrics: ServiceMetrics | None = None) -> None:
         self._settings = settings
         self._producer = AIOKafkaProducer(**producer_options(settings, client_id))
         self._metrics = metrics
@@ -121,9 +119,7 @@ class KafkaPublisher:
         """Publish one message and wait until the broker has it (acks=all)."""
         await self.publish_raw(topic, [(_key_bytes(key), encode(message))])
 
-    async def publish_many(
-        self, topic: str, items: Iterable[tuple[str | bytes | None, Message]]
-    ) -> None:
+    async def publish_many(self, topic: str, items: Iterable[tuple[str | bytes | None, Message]]) -> None:
         """Publish messages in order and wait until the broker has all of them."""
         await self.publish_raw(topic, [(_key_bytes(k), encode(m)) for k, m in items])
 
@@ -178,9 +174,7 @@ class KafkaPublisher:
 class DeadLetters:
     """Sends bad consumed messages to the dead-letter topic with the reason, and counts them."""
 
-    def __init__(
-        self, publisher: KafkaPublisher, topics: Topics, service: str, metrics: ServiceMetrics
-    ) -> None:
+    def __init__(self, publisher: KafkaPublisher, topics: Topics, service: str, metrics: ServiceMetrics) -> None:
         self._publisher = publisher
         self._topics = topics
         self._service = service
@@ -247,8 +241,6 @@ class Inbox:
         for topic, n in counts.items():
             self._metrics.messages_in.labels(topic).inc(n)
         return out
-
-
 
 
 async def assign_all(consumer: AIOKafkaConsumer, topic: str, wait_s: float = 30.0) -> list[TopicPartition]:

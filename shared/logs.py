@@ -7,6 +7,9 @@ import sys
 import time
 from typing import Any
 
+import msgspec
+
+_json = msgspec.json.Encoder(enc_hook=str)  # anything unusual in a log field becomes its str()
 
 
 class _TextFormatter(logging.Formatter):
@@ -19,10 +22,7 @@ class _TextFormatter(logging.Formatter):
         ms = int(record.msecs)
         fields = getattr(record, "fields", None)
         extra = "".join(f" {k}={v}" for k, v in fields.items()) if fields else ""
-        line = (
-            f"{ts}.{ms:03d}Z {record.levelname:<7} {self.service} {record.name}: "
-            f"{record.getMessage()}{extra}"
-        )
+        line = f"{ts}.{ms:03d}Z {record.levelname:<7} {self.service} {record.name}: {record.getMessage()}{extra}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -30,8 +30,6 @@ class _TextFormatter(logging.Formatter):
 
 class _JsonFormatter(_TextFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        import orjson
-
         doc: dict[str, Any] = {
             "ts": record.created,
             "level": record.levelname,
@@ -44,7 +42,7 @@ class _JsonFormatter(_TextFormatter):
             doc.update(fields)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc, default=str).decode()
+        return _json.encode(doc).decode()
 
 
 def setup_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:

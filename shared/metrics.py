@@ -16,9 +16,7 @@ class ServiceMetrics:
     def __init__(self, service: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.messages_in = Counter(
-            "livedata_messages_consumed", "Messages consumed, by topic", ["topic"], registry=r
-        )
+        self.messages_in = Counter("livedata_messages_consumed", "Messages consumed, by topic", ["topic"], registry=r)
         self.messages_out = Counter(
             "livedata_messages_published", "Messages published, by topic", ["topic"], registry=r
         )
@@ -60,13 +58,11 @@ class _CallbackCollector:
         return iter(())
 
 
-def add_callback_metric(
-    metrics: ServiceMetrics, kind: str, name: str, doc: str, fn: Callable[[], float]
-) -> None:
+def add_callback_metric(metrics: ServiceMetrics, kind: str, name: str, doc: str, fn: Callable[[], float]) -> None:
     """Expose ``fn()`` as a counter or gauge named ``name`` on the service's registry."""
     collector = getattr(metrics, "_callbacks", None)
     if collector is None:
         collector = _CallbackCollector()
-        metrics.registry.register(collector)  # type: ignore[arg-type]
+        metrics.registry.register(collector)
         metrics._callbacks = collector  # type: ignore[attr-defined]
     collector.entries.append((kind, name, doc, fn))

@@ -43,9 +43,7 @@ def normalize(symbol: str) -> str:
         return f"{int(m.group(1)):05d}.HK"
     if _CN.match(s) or _US.match(s):
         return s
-    raise SymbolError(
-        f"unknown symbol {symbol!r}: expected 600000.SH, 000001.SZ, 430047.BJ, 00700.HK or AAPL"
-    )
+    raise SymbolError(f"unknown symbol {symbol!r}: expected 600000.SH, 000001.SZ, 430047.BJ, 00700.HK or AAPL")
 
 
 def market_of(symbol: str) -> Market:

@@ -68,7 +68,12 @@ async def topics(kafka_bootstrap: str) -> AsyncIterator[Topics]:
         await admin.close()
 
 
-FAST_KAFKA = {"linger_ms": 1, "session_timeout_ms": 2000, "heartbeat_interval_ms": 300, "partitions": {"market_data": 3}}
+FAST_KAFKA = {
+    "linger_ms": 1,
+    "session_timeout_ms": 2000,
+    "heartbeat_interval_ms": 300,
+    "partitions": {"market_data": 3},
+}
 
 
 @pytest.fixture
@@ -94,7 +99,9 @@ def make_config(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., AppConfig
         (d / "livedata.yml").write_text(yaml.safe_dump(live))
         for name, content in files.items():
             (d / f"{name}.yml").write_text(yaml.safe_dump(content))
-        env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL")}
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL")
+        }
         return load_config(d, env=env)
 
     return make

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 async def eventually(
-    check: Callable[[], T | Awaitable[T]], timeout_s: float = 5.0, interval_s: float = 0.02, what: str = "condition"
-) -> T:
-    """Poll ``check`` until it returns a truthy value; fail with ``what`` at the deadline."""
+    check: Callable[[], Any], timeout_s: float = 5.0, interval_s: float = 0.02, what: str = "condition"
+) -> Any:
+    """Poll ``check`` (sync or async) until it returns a truthy value, and return that value;
+    fail naming ``what`` at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = check()
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
             result = await result
         if result:
-            return result  # type: ignore[return-value]
+            return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(interval_s)
@@ -50,7 +51,9 @@ class TopicReader:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> TopicReader:
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+        )
         await self._consumer.start()
         try:
             tps = await assign_all(self._consumer, self.topic, wait_s=10)
@@ -83,7 +86,9 @@ class TopicReader:
     def of_type(self, cls: type[T]) -> list[T]:
         return [m for m in self.messages if isinstance(m, cls)]
 
-    async def wait_for(self, cls: type[T], check: Callable[[T], bool] = lambda m: True, timeout_s: float = 10.0, what: str = "") -> T:
+    async def wait_for(
+        self, cls: type[T], check: Callable[[T], bool] = lambda m: True, timeout_s: float = 10.0, what: str = ""
+    ) -> T:
         def found() -> T | None:
             for m in self.messages:
                 if isinstance(m, cls) and check(m):

@@ -30,10 +30,8 @@ class _Ohlcv:
     amount: float = 0.0
 
     def add(self, price: float, volume: float, amount: float) -> None:
-        if price > self.high:
-            self.high = price
-        if price < self.low:
-            self.low = price
+        self.high = max(self.high, price)
+        self.low = min(self.low, price)
         self.close = price
         self.volume += volume
         self.amount += amount

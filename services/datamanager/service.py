@@ -64,10 +64,26 @@ class DataManager(Service):
         self._revision: dict[Market, int] = {}
         self._broker_ok = False
         m = self.metrics
-        self._rejected = m.counter("livedata_datamanager_ticks_rejected", "Ticks dropped by data-quality checks", ["reason"])
-        add_callback_metric(m, "counter", "livedata_datamanager_ticks_aggregated", "Ticks folded into bars", lambda: self.bars.ticks)
-        add_callback_metric(m, "gauge", "livedata_datamanager_subscribers", "Subscribers with interest", lambda: self.registry.subscriber_count)
-        add_callback_metric(m, "gauge", "livedata_datamanager_symbols", "Symbols in the union of interest", lambda: len(self.registry.all_symbols()))
+        self._rejected = m.counter(
+            "livedata_datamanager_ticks_rejected", "Ticks dropped by data-quality checks", ["reason"]
+        )
+        add_callback_metric(
+            m, "counter", "livedata_datamanager_ticks_aggregated", "Ticks folded into bars", lambda: self.bars.ticks
+        )
+        add_callback_metric(
+            m,
+            "gauge",
+            "livedata_datamanager_subscribers",
+            "Subscribers with interest",
+            lambda: self.registry.subscriber_count,
+        )
+        add_callback_metric(
+            m,
+            "gauge",
+            "livedata_datamanager_symbols",
+            "Symbols in the union of interest",
+            lambda: len(self.registry.all_symbols()),
+        )
         self._latency = m.histogram("livedata_tick_latency_seconds", "Provider time → datamanager receive time")
 
     @property
@@ -150,7 +166,9 @@ class DataManager(Service):
                         self.registry.expire(time.time())
                         log.info(
                             "interest loaded",
-                            extra=kv(subscribers=self.registry.subscriber_count, symbols=len(self.registry.all_symbols())),
+                            extra=kv(
+                                subscribers=self.registry.subscriber_count, symbols=len(self.registry.all_symbols())
+                            ),
                         )
                         await self._publish_subscriptions(set(Market))
                         self.interest_loaded.set()
@@ -165,7 +183,9 @@ class DataManager(Service):
         for market in sorted(markets):
             rev = self._revision[market] = self._revision.get(market, 0) + 1
             symbols = tuple(sorted(self.registry.market_symbols(market)))
-            items.append((market.value, Subscription(market=market.value, symbols=symbols, timestamp=now, revision=rev)))
+            items.append(
+                (market.value, Subscription(market=market.value, symbols=symbols, timestamp=now, revision=rev))
+            )
             log.info("subscription published", extra=kv(market=market.value, symbols=len(symbols), revision=rev))
         await self.publisher.publish_many(self.topics.subscriptions, items)
 
@@ -188,7 +208,10 @@ class DataManager(Service):
         consumer = AIOKafkaConsumer(
             self.topics.market_data,
             **consumer_options(
-                self.kafka, f"{self.kafka.client_id}-dm-bars", group_id=f"{self.settings.group_id}.bars", auto_offset_reset="latest"
+                self.kafka,
+                f"{self.kafka.client_id}-dm-bars",
+                group_id=f"{self.settings.group_id}.bars",
+                auto_offset_reset="latest",
             ),
         )
         await consumer.start()
@@ -223,7 +246,10 @@ class DataManager(Service):
         consumer = AIOKafkaConsumer(
             self.topics.control_commands,
             **consumer_options(
-                self.kafka, f"{self.kafka.client_id}-dm-commands", group_id=f"{self.settings.group_id}.commands", auto_offset_reset="latest"
+                self.kafka,
+                f"{self.kafka.client_id}-dm-commands",
+                group_id=f"{self.settings.group_id}.commands",
+                auto_offset_reset="latest",
             ),
         )
         await consumer.start()
@@ -239,10 +265,15 @@ class DataManager(Service):
                     why_not = self.desk.should_run(cmd)
                     if why_not is not None:
                         if why_not != "other_target":
-                            log.info("command ignored", extra=kv(command=cmd.command, correlation_id=cmd.correlation_id, reason=why_not))
+                            log.info(
+                                "command ignored",
+                                extra=kv(command=cmd.command, correlation_id=cmd.correlation_id, reason=why_not),
+                            )
                         continue
                     result = await self.desk.execute(cmd)
-                    log.info("command done", extra=kv(command=cmd.command, ok=result.ok, duration_ms=result.duration_ms))
+                    log.info(
+                        "command done", extra=kv(command=cmd.command, ok=result.ok, duration_ms=result.duration_ms)
+                    )
                     await self.publisher.publish(self.topics.system_events, result, key=self.name)
                 await consumer.commit()
         finally:

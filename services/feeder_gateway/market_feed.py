@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Any, cast
 
 from services.feeder_gateway.feeders.base import Feeder, FeederConfigError
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
-from shared.dto import utcnow
+from shared.dto import PriceUpdate, utcnow
 from shared.events import SystemEvents
 from shared.logs import kv
 from shared.sessions import in_session
@@ -21,7 +23,7 @@ log = logging.getLogger("market_feed")
 
 @dataclass
 class _SourceState:
-    feeder: Feeder[object]
+    feeder: Feeder[Any]
     failed_at: float | None = None  # monotonic time of the last failure
     disabled: str | None = None  # configuration error: never retried
 
@@ -38,7 +40,7 @@ class MarketFeed:
     def __init__(
         self,
         market: Market,
-        feeders: list[Feeder[object]],
+        feeders: list[Feeder[Any]],
         queue: ConflatingTickQueue,
         events: SystemEvents,
         failback_after_s: float = 30.0,
@@ -58,7 +60,7 @@ class MarketFeed:
         self.switches = 0
 
     @property
-    def active_feeder(self) -> Feeder[object]:
+    def active_feeder(self) -> Feeder[Any]:
         return self._sources[self.active].feeder
 
     @property
@@ -85,8 +87,8 @@ class MarketFeed:
                 return
             self._choose_next(outcome)
 
-    async def _pump(self, feeder: Feeder[object]) -> None:
-        gen = feeder.ticks()
+    async def _pump(self, feeder: Feeder[Any]) -> None:
+        gen = cast(AsyncGenerator[list[PriceUpdate], None], feeder.ticks())  # feeders are async generators
         async with contextlib.aclosing(gen):
             async for batch in gen:
                 self.last_data = time.monotonic()
@@ -102,7 +104,9 @@ class MarketFeed:
             while True:
                 stop_wait = asyncio.create_task(stop.wait())
                 try:
-                    await asyncio.wait({pump, stop_wait}, timeout=self._watchdog_interval_s, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {pump, stop_wait}, timeout=self._watchdog_interval_s, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     stop_wait.cancel()
                 if stop.is_set():
@@ -111,7 +115,9 @@ class MarketFeed:
                     exc = pump.exception()
                     if isinstance(exc, FeederConfigError):
                         source.disabled = str(exc)
-                        self._events.alert("feeder_config_error", str(exc), severity="error", market=self.market.value, source=name)
+                        self._events.alert(
+                            "feeder_config_error", str(exc), severity="error", market=self.market.value, source=name
+                        )
                         return "config_error"
                     if exc is not None:
                         log.error("feeder failed", exc_info=exc, extra=kv(market=self.market.value, source=name))
@@ -124,7 +130,7 @@ class MarketFeed:
                     stale_after is not None
                     and self.symbols
                     and now - self.last_data > stale_after
-                    and (not self._follows_sessions(feeder) or in_session(self.market, utcnow()))
+                    and (not feeder.follows_sessions or in_session(self.market, utcnow()))
                 ):
                     self._events.status(
                         f"feed.{self.market.value}",
@@ -139,10 +145,6 @@ class MarketFeed:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
-
-    @staticmethod
-    def _follows_sessions(feeder: Feeder[object]) -> bool:
-        return getattr(feeder, "follows_sessions", True)
 
     def _preferred_ready(self, now: float) -> bool:
         return any(
@@ -168,8 +170,10 @@ class MarketFeed:
                     break
             else:
                 self._events.alert(
-                    "market_down", f"every source of {self.market} has a configuration error",
-                    severity="critical", market=self.market.value,
+                    "market_down",
+                    f"every source of {self.market} has a configuration error",
+                    severity="critical",
+                    market=self.market.value,
                 )
                 return
         new = self._sources[self.active].feeder.ctx.name

@@ -56,11 +56,29 @@ class FeederGateway(Service):
         )
         self._broker_ok = False
         m = self.metrics
-        add_callback_metric(m, "gauge", "livedata_gateway_queue_depth", "Ticks waiting to be published", lambda: len(self.queue))
-        add_callback_metric(m, "counter", "livedata_gateway_ticks_in", "Ticks accepted from feeders", lambda: self.queue.accepted)
-        add_callback_metric(m, "counter", "livedata_gateway_ticks_out", "Ticks published", lambda: self.tick_publisher.published)
-        add_callback_metric(m, "counter", "livedata_gateway_ticks_conflated", "Ticks replaced by a newer tick of the same symbol", lambda: self.queue.conflated)
-        add_callback_metric(m, "counter", "livedata_gateway_failovers", "Source switches", lambda: sum(f.switches for f in self.feeds.values()))
+        add_callback_metric(
+            m, "gauge", "livedata_gateway_queue_depth", "Ticks waiting to be published", lambda: len(self.queue)
+        )
+        add_callback_metric(
+            m, "counter", "livedata_gateway_ticks_in", "Ticks accepted from feeders", lambda: self.queue.accepted
+        )
+        add_callback_metric(
+            m, "counter", "livedata_gateway_ticks_out", "Ticks published", lambda: self.tick_publisher.published
+        )
+        add_callback_metric(
+            m,
+            "counter",
+            "livedata_gateway_ticks_conflated",
+            "Ticks replaced by a newer tick of the same symbol",
+            lambda: self.queue.conflated,
+        )
+        add_callback_metric(
+            m,
+            "counter",
+            "livedata_gateway_failovers",
+            "Source switches",
+            lambda: sum(f.switches for f in self.feeds.values()),
+        )
 
     @property
     def http_settings(self) -> HttpSettings:
@@ -83,9 +101,16 @@ class FeederGateway(Service):
         feed.set_symbols(symbols)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        feeds = {m.value: {"source": f.active_feeder.ctx.name, "connected": f.connected, "symbols": len(f.symbols)} for m, f in self.feeds.items()}
+        feeds = {
+            m.value: {"source": f.active_feeder.ctx.name, "connected": f.connected, "symbols": len(f.symbols)}
+            for m, f in self.feeds.items()
+        }
         ready = self._broker_ok and self.watcher.caught_up.is_set()
-        return ready, {"broker": self._broker_ok, "subscriptions_loaded": self.watcher.caught_up.is_set(), "feeds": feeds}
+        return ready, {
+            "broker": self._broker_ok,
+            "subscriptions_loaded": self.watcher.caught_up.is_set(),
+            "feeds": feeds,
+        }
 
     def health(self) -> dict[str, Any]:
         return {"service": self.name, "queue_depth": len(self.queue), "conflated": self.queue.conflated}

@@ -27,9 +27,7 @@ ApplyCallback = Callable[[Market, frozenset[str]], None]
 class SubscriptionWatcher:
     """Follows the subscriptions topic and calls ``apply(market, symbols)`` on each change."""
 
-    def __init__(
-        self, kafka: KafkaSettings, topic: str, inbox: Inbox, apply: ApplyCallback, client_id: str
-    ) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str, inbox: Inbox, apply: ApplyCallback, client_id: str) -> None:
         self._kafka = kafka
         self._topic = topic
         self._inbox = inbox

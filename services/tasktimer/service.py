@@ -39,8 +39,12 @@ class TaskTimer(Service):
         self.next_fires: dict[str, datetime] = {}
         self._fired: set[str] = set()
         self._fires = self.metrics.counter("livedata_timer_fires", "Commands published by job", ["job"])
-        self._failures = self.metrics.counter("livedata_timer_failures", "Fires abandoned after the grace period", ["job"])
-        self._lateness = self.metrics.histogram("livedata_timer_lateness_seconds", "Scheduled instant → command published")
+        self._failures = self.metrics.counter(
+            "livedata_timer_failures", "Fires abandoned after the grace period", ["job"]
+        )
+        self._lateness = self.metrics.histogram(
+            "livedata_timer_lateness_seconds", "Scheduled instant → command published"
+        )
         self._broker_ok = False
 
     @property
@@ -82,7 +86,9 @@ class TaskTimer(Service):
             )
         except TimeoutError:
             self._failures.labels(job.name).inc()
-            self.events.alert("timer_fire_failed", f"job {job.name} could not publish within the grace period", fire=fid)
+            self.events.alert(
+                "timer_fire_failed", f"job {job.name} could not publish within the grace period", fire=fid
+            )
             return
         lateness = (self.clock() - instant).total_seconds()
         self._lateness.observe(max(lateness, 0.0))

@@ -13,10 +13,16 @@ from shared.dto import PriceUpdate
 from shared.topics import Topics
 from tests.helpers import eventually, running
 
-SIM = {"markets": {m: {"sources": [{"type": "sim", "ticks_per_s_per_symbol": 20, "interval_ms": 20}]} for m in ("CN", "HK", "US")}}
+SIM = {
+    "markets": {
+        m: {"sources": [{"type": "sim", "ticks_per_s_per_symbol": 20, "interval_ms": 20}]} for m in ("CN", "HK", "US")
+    }
+}
 
 
-async def test_subscribe_receive_unsubscribe(kafka_bootstrap: str, topics: Topics, make_config: Callable[..., AppConfig]) -> None:
+async def test_subscribe_receive_unsubscribe(
+    kafka_bootstrap: str, topics: Topics, make_config: Callable[..., AppConfig]
+) -> None:
     config = make_config(topics, data_sources=SIM)
     dm, gw = DataManager(config), FeederGateway(config)
     async with running(dm), running(gw):

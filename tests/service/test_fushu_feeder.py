@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,12 +19,6 @@ from tests.helpers import eventually
 from tests.simulators.fushu import FushuSimulator
 
 KEY = "test-key"
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[FushuSimulator]:
-    async with FushuSimulator(KEY) as s:
-        yield s
 
 
 class Harness:
@@ -44,19 +38,21 @@ class Harness:
         }
         settings.update(overrides)
         self.statuses: list[tuple[str, dict[str, Any]]] = []
-        self.metrics = FeederMetrics(ServiceMetrics("test"))
+        self.service_metrics = ServiceMetrics("test")
         ctx = FeederContext(
             name="fushu",
             market=Market.HK,
             emit_status=lambda state, detail: self.statuses.append((state, detail)),
-            metrics=self.metrics,
+            metrics=FeederMetrics(self.service_metrics),
         )
         self.feeder = FushuFeeder(FushuSettings.model_validate(settings), ctx)
         self.batches: list[list[PriceUpdate]] = []
         self.ticks: list[PriceUpdate] = []
         self.task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    def start(self, *symbols: str) -> None:
+        if symbols:
+            self.feeder.set_symbols(frozenset(symbols))
         self.task = asyncio.create_task(self._run(), name="fushu-test-pump")
 
     async def _run(self) -> None:
@@ -77,18 +73,24 @@ class Harness:
         return [s for s, _ in self.statuses]
 
     def sample(self, name: str, **labels: str) -> float:
-        value = self.metrics.malformed._registry if False else None  # keep mypy quiet
-        del value
-        registry = self.feeder.ctx.metrics.frames._labelnames and self._registry
-        return registry.get_sample_value(name, {"source": "fushu", **labels}) or 0.0
+        value = self.service_metrics.registry.get_sample_value(name, {"source": "fushu", **labels})
+        return value or 0.0
 
-    @property
-    def _registry(self) -> Any:
-        return self._service_registry
+    def symbols_seen(self) -> set[str]:
+        return {t.symbol for t in self.ticks}
+
+
+Make = Callable[..., Harness]
 
 
 @pytest.fixture
-async def make(sim: FushuSimulator) -> AsyncIterator[Any]:
+async def sim() -> AsyncIterator[FushuSimulator]:
+    async with FushuSimulator(KEY) as s:
+        yield s
+
+
+@pytest.fixture
+async def make(sim: FushuSimulator) -> AsyncIterator[Make]:
     made: list[Harness] = []
 
     def factory(**overrides: Any) -> Harness:
@@ -99,3 +101,223 @@ async def make(sim: FushuSimulator) -> AsyncIterator[Any]:
     yield factory
     for h in made:
         await h.stop()
+
+
+async def test_ticks_for_the_subscribed_symbols_with_bearer_auth(
+    sim: FushuSimulator, make: Make
+) -> None:
+    sim.set_quote(
+        "00700.HK",
+        price=322.4,
+        volume=12_345_678,
+        timestamp="2024-03-04T16:08:10.250+08:00",
+        bid_price=322.2,
+        ask_price=322.6,
+        bid_volume=12_000,
+        ask_volume=8_000,
+    )
+    sim.set_quote("00005.HK", price=61.25, volume=20_456_800, timestamp="2024-03-04T16:08:09")
+    h = make()
+    h.start("00700.HK", "00005.HK")
+    await eventually(lambda: len(h.ticks) >= 2, 5, what="first ticks")
+    assert sim.requests[0] == ("00005.HK", "00700.HK")
+    assert set(sim.auth_headers) == {f"Bearer {KEY}"}
+    by_symbol = {t.symbol: t for t in h.ticks}
+    assert set(by_symbol) == {"00700.HK", "00005.HK"}
+    t = by_symbol["00700.HK"]
+    assert (t.price, t.volume, t.bid_price, t.ask_price) == (322.4, 12_345_678, 322.2, 322.6)
+    assert (t.bid_volume, t.ask_volume) == (12_000, 8_000)
+    assert t.timestamp == datetime(2024, 3, 4, 8, 8, 10, 250_000, tzinfo=UTC)
+    assert t.source == "fushu" and t.receive_time is not None and not t.delayed
+    # naive timestamps are Hong Kong local time
+    assert by_symbol["00005.HK"].timestamp == datetime(2024, 3, 4, 8, 8, 9, tzinfo=UTC)
+    assert h.states()[0] == "connected" and h.feeder.connected
+    assert h.sample("livedata_feeder_ticks_total") == 2
+
+
+async def test_unchanged_quotes_are_not_re_emitted(sim: FushuSimulator, make: Make) -> None:
+    h = make()
+    h.start("00700.HK", "00005.HK")
+    await eventually(lambda: len(h.ticks) == 2, 5, what="first ticks")
+    n = len(sim.requests)
+    await eventually(lambda: len(sim.requests) >= n + 3, 5, what="three more polls")
+    assert len(h.ticks) == 2
+    assert h.batches[-1] == []  # a successful poll still yields (the watchdog sees life)
+    sim.advance("00700.HK")
+    await eventually(lambda: len(h.ticks) == 3, 5, what="the changed quote")
+    assert h.ticks[-1].symbol == "00700.HK"
+    assert h.ticks[-1].price == sim.quotes["00700.HK"]["price"]
+
+
+async def test_subscribe_and_unsubscribe_change_the_polled_set(
+    sim: FushuSimulator, make: Make
+) -> None:
+    h = make(poll_interval_s=30.0)  # a new symbol must be polled at once, not in 30 s
+    h.start("00700.HK")
+    await eventually(lambda: h.ticks, 5, what="first tick")
+    h.feeder.set_symbols(frozenset({"00700.HK", "00005.HK"}))
+    await eventually(lambda: "00005.HK" in h.symbols_seen(), 3, what="new symbol polled")
+    assert sim.requests[-1] == ("00005.HK", "00700.HK")
+    assert "resubscribed" in h.states()
+    h.feeder.set_symbols(frozenset({"00005.HK"}))
+    await eventually(lambda: sim.requests[-1] == ("00005.HK",), 3, what="unsubscribe reaches it")
+    resub = [d for s, d in h.statuses if s == "resubscribed"]
+    assert resub[-1] == {"symbols": 1, "added": [], "removed": ["00700.HK"]}
+    # re-adding a symbol emits its (unchanged) quote again at once
+    n = len(h.ticks)
+    h.feeder.set_symbols(frozenset({"00005.HK", "00700.HK"}))
+    await eventually(lambda: len(h.ticks) > n, 3, what="re-added symbol")
+    assert h.ticks[-1].symbol == "00700.HK"
+
+
+async def test_large_sets_are_split(sim: FushuSimulator, make: Make) -> None:
+    symbols = {f"{i:05d}.HK" for i in range(1, 26)}
+    h = make(max_symbols_per_request=10)
+    h.start(*symbols)
+    await eventually(lambda: len(h.ticks) >= 25, 5, what="all symbols")
+    assert [len(r) for r in sim.requests[:3]] == [10, 10, 5]
+    assert set().union(*sim.requests[:3]) == symbols
+    assert h.symbols_seen() == symbols
+    assert h.sample("livedata_feeder_frames_total") >= 3
+
+
+async def test_reconnects_after_drops_with_the_same_symbols(
+    sim: FushuSimulator, make: Make
+) -> None:
+    h = make()
+    h.start("00700.HK")
+    await eventually(lambda: h.ticks, 5, what="first tick")
+    sim.drop_next = 4
+    sim.advance("00700.HK")
+    await eventually(lambda: len(h.ticks) >= 2, 5, what="tick after the drops")
+    # aiohttp itself retries an idempotent request once after a reset, so four resets
+    # make two failed polls
+    assert h.states().count("disconnected") == 2
+    assert len(sim.requests) >= 6  # first poll, four resets, the poll that got through
+    assert h.states()[-2:] == ["connected", "gap"]
+    gap = h.statuses[-1][1]
+    assert gap["last_tick"] == h.ticks[0].timestamp.isoformat()
+    assert all(r == ("00700.HK",) for r in sim.requests)
+    assert h.sample("livedata_feeder_reconnects_total") >= 2
+
+
+async def test_silent_server_times_out_and_recovers(sim: FushuSimulator, make: Make) -> None:
+    h = make(timeout_s=0.3)
+    h.start("00700.HK")
+    await eventually(lambda: h.ticks, 5, what="first tick")
+    sim.silent = True
+    await eventually(lambda: "disconnected" in h.states(), 5, what="timeout noticed")
+    assert not h.feeder.connected
+    assert "TimeoutError" in next(d for s, d in h.statuses if s == "disconnected")["error"]
+    sim.silent = False
+    sim.advance("00700.HK")
+    await eventually(lambda: len(h.ticks) >= 2 and h.feeder.connected, 5, what="recovery")
+
+
+async def test_generator_can_be_closed_and_restarted(sim: FushuSimulator, make: Make) -> None:
+    h = make()
+    h.start("00700.HK")
+    await eventually(lambda: h.ticks, 5, what="first tick")
+    await h.stop()
+    assert not h.feeder.connected and h.states()[-1] == "disconnected"
+    h.start()
+    # a fresh generator emits the current snapshot again and reports the hole
+    await eventually(lambda: len(h.ticks) >= 2, 5, what="tick after restart")
+    assert h.states()[-2:] == ["connected", "gap"]
+
+
+async def test_slow_answers_within_the_timeout_are_fine(sim: FushuSimulator, make: Make) -> None:
+    sim.slow_s = 0.2
+    h = make(timeout_s=1.0)
+    h.start("00700.HK")
+    await eventually(lambda: h.ticks, 5, what="slow tick")
+    assert "disconnected" not in h.states()
+
+
+async def test_bad_items_are_counted_and_skipped(sim: FushuSimulator, make: Make) -> None:
+    sim.bad_items = [
+        {"symbol": "00700.HK", "price": "n/a", "timestamp": "2024-03-04T16:08:10"},
+        {"symbol": "00700.HK", "price": 70.1, "timestamp": "yesterday"},
+        "garbage",
+    ]
+    h = make()
+    h.start("00700.HK")
+    await eventually(
+        lambda: h.sample("livedata_feeder_malformed_total", reason="bad_item") >= 4,
+        5,
+        what="bad items counted",
+    )
+    assert h.symbols_seen() == {"00700.HK"}
+    assert h.sample("livedata_feeder_malformed_total", reason="bad_timestamp") >= 1
+    assert h.feeder.connected
+
+
+async def test_garbage_body_counts_and_backs_off(sim: FushuSimulator, make: Make) -> None:
+    h = make()
+    h.start("00700.HK")
+    await eventually(lambda: h.ticks, 5, what="first tick")
+    sim.garbage_body = True
+    await eventually(lambda: "disconnected" in h.states(), 5, what="garbage treated as failure")
+    assert h.sample("livedata_feeder_malformed_total", reason="bad_response") >= 1
+    sim.garbage_body = False
+    await eventually(lambda: h.states()[-1] == "gap", 5, what="recovery")
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_server_errors_back_off_and_recover(
+    sim: FushuSimulator, make: Make, status: int
+) -> None:
+    sim.fail_status = status
+    sim.retry_after = "0.05" if status == 429 else None
+    h = make()
+    h.start("00700.HK")
+    await eventually(lambda: h.states().count("disconnected") >= 2, 5, what="failures reported")
+    detail = next(d for s, d in h.statuses if s == "disconnected")
+    assert f"HTTP {status}" in detail["error"] and detail["retry_in_s"] >= 0
+    assert not h.ticks
+    sim.fail_status = None
+    await eventually(lambda: h.ticks, 5, what="recovery")
+
+
+async def test_wrong_key_is_a_config_error_naming_the_setting(
+    sim: FushuSimulator, make: Make
+) -> None:
+    h = make(api_key="wrong")
+    h.start("00700.HK")
+    assert h.task is not None
+    with pytest.raises(FeederConfigError) as e:
+        await asyncio.wait_for(h.task, 5)
+    h.task = None
+    assert "401" in str(e.value)
+    assert "'api_key' in secure.yml under 'fushu'" in str(e.value)
+    assert sim.auth_headers == ["Bearer wrong"]
+    assert h.states() == ["config_error"]
+    assert "wrong" not in repr(h.feeder.settings)  # the key never shows
+
+
+async def test_ban_403_is_a_config_error(sim: FushuSimulator, make: Make) -> None:
+    sim.ban(5.0)
+    h = make()
+    h.start("00700.HK")
+    assert h.task is not None
+    with pytest.raises(FeederConfigError, match=r"403.*api_key"):
+        await asyncio.wait_for(h.task, 5)
+    h.task = None
+
+
+async def test_missing_key_is_a_config_error(make: Make) -> None:
+    h = make(api_key=None)
+    h.start("00700.HK")
+    assert h.task is not None
+    with pytest.raises(FeederConfigError, match=r"api_key.*secure\.yml"):
+        await asyncio.wait_for(h.task, 5)
+    h.task = None
+
+
+def test_settings() -> None:
+    s = FushuSettings.model_validate({"base_url": "http://h:1/", "api_key": "k"})
+    assert s.base_url == "http://h:1" and s.poll_interval_s == 5.0 and s.timeout_s == 10.0
+    with pytest.raises(ValueError, match="extra"):
+        FushuSettings.model_validate({"base_url": "http://h", "bogus": 1})
+    with pytest.raises(ValueError, match="http"):
+        FushuSettings.model_validate({"base_url": "h:1"})

@@ -20,7 +20,9 @@ def clock_near_minute_boundary(seconds_before: float) -> Callable[[], datetime]:
     return lambda: utcnow() + offset
 
 
-async def test_job_fires_once_on_its_instant(kafka_bootstrap: str, topics: Topics, make_config: Callable[..., AppConfig]) -> None:
+async def test_job_fires_once_on_its_instant(
+    kafka_bootstrap: str, topics: Topics, make_config: Callable[..., AppConfig]
+) -> None:
     jobs = {
         "jobs": [
             {"name": "every_minute", "cron": "* * * * *", "command": "bar_snapshot", "params": {"period": "1d"}},
@@ -36,14 +38,19 @@ async def test_job_fires_once_on_its_instant(kafka_bootstrap: str, topics: Topic
         assert cmd.scheduled_for == expected_instant
         assert cmd.correlation_id == f"every_minute@{expected_instant.strftime('%Y-%m-%dT%H:%M:%SZ')}"
         assert commands.records[0].key == b"datamanager"
-        await eventually(lambda: timer.metrics.registry.get_sample_value("livedata_timer_lateness_seconds_count") == 1, what="lateness recorded")
+        await eventually(
+            lambda: timer.metrics.registry.get_sample_value("livedata_timer_lateness_seconds_count") == 1,
+            what="lateness recorded",
+        )
         lateness = timer.metrics.registry.get_sample_value("livedata_timer_lateness_seconds_sum")
         assert lateness is not None and lateness < 0.5
         assert timer.next_fires["every_minute"] == expected_instant + timedelta(minutes=1)
     assert len(commands.of_type(ControlCommand)) == 1
 
 
-async def test_fire_is_idempotent_per_instant(kafka_bootstrap: str, topics: Topics, make_config: Callable[..., AppConfig]) -> None:
+async def test_fire_is_idempotent_per_instant(
+    kafka_bootstrap: str, topics: Topics, make_config: Callable[..., AppConfig]
+) -> None:
     timer = TaskTimer(make_config(topics, task_timer={"jobs": [{"name": "j", "cron": "0 9 * * *", "command": "c"}]}))
     job = timer.jobs[0]
     instant = utcnow().replace(microsecond=0)

@@ -164,11 +164,9 @@ class EastMoneySimulator:
         app.router.add_get(SINGLE_PATH, self._single)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
         self.url = f"http://{self.host}:{self.port}"
         if self.tick_interval_s:
             self._ticker = asyncio.create_task(self._tick_loop(), name="eastmoney-sim.ticker")
@@ -249,19 +247,19 @@ class EastMoneySimulator:
         changed keys of its securities, keyed by their positions in its request."""
         changed: dict[str, dict[str, Any]] = {}
         for secid, fields in changes.items():
-            q = self.security(secid)
-            assert q is not None, f"invalid secid {secid!r}"
-            moved = {k: v for k, v in fields.items() if q.get(k) != v}
-            q.update(fields)
+            state = self.security(secid)
+            assert state is not None, f"invalid secid {secid!r}"
+            moved = {k: v for k, v in fields.items() if state.get(k) != v}
+            state.update(fields)
             if moved:
                 changed[secid] = moved
         for stream in self.streams:
             diff: dict[str, dict[str, Any]] = {}
             for pos, secid in enumerate(stream.secids):
-                moved = changed.get(secid)
-                if moved is None:
+                keys = changed.get(secid)
+                if keys is None:
                     continue
-                out = self._render(moved, stream.fields, stream.decimal, self.quotes[secid])
+                out = self._render(keys, stream.fields, stream.decimal, self.quotes[secid])
                 if out:
                     diff[str(pos)] = out
             if diff:
@@ -297,7 +295,9 @@ class EastMoneySimulator:
     def ban(self, duration_s: float | None = None, style: BanStyle | None = None) -> None:
         """Refuse every request for a while, as the rate limit does."""
         self.bans += 1
-        self.banned_until = time.monotonic() + (duration_s if duration_s is not None else self.ban_duration_s)
+        self.banned_until = time.monotonic() + (
+            duration_s if duration_s is not None else self.ban_duration_s
+        )
         if style is not None:
             self.ban_style = style
 
@@ -326,7 +326,9 @@ class EastMoneySimulator:
             out[k] = v
         return out
 
-    def _full_object(self, secid: str, fields: tuple[str, ...], decimal: bool) -> dict[str, Any] | None:
+    def _full_object(
+        self, secid: str, fields: tuple[str, ...], decimal: bool
+    ) -> dict[str, Any] | None:
         q = self.security(secid)
         if q is None:
             return None
@@ -365,7 +367,9 @@ class EastMoneySimulator:
         self.requests.append(rec)
         return rec
 
-    async def _gate(self, request: web.Request, path: str) -> tuple[RequestRecord, web.Response | None]:
+    async def _gate(
+        self, request: web.Request, path: str
+    ) -> tuple[RequestRecord, web.Response | None]:
         """Record, delay, rate-limit, check the Referer; a response here refuses the request."""
         rec = self._record(request, path)
         if self.delay_s:

@@ -140,7 +140,9 @@ class FushuSimulator:
             return web.json_response({"error": "invalid token"}, status=401)
         if self.fail_status is not None:
             headers = {"Retry-After": self.retry_after} if self.retry_after else None
-            return web.json_response({"error": "unavailable"}, status=self.fail_status, headers=headers)
+            return web.json_response(
+                {"error": "unavailable"}, status=self.fail_status, headers=headers
+            )
         if self.garbage_body:
             return web.Response(body=b"\x00\xff<html>oops", content_type="text/html")
         if not symbols:
@@ -154,14 +156,17 @@ class FushuSimulator:
                 continue
             data.append(self.quotes.get(sym) or self.set_quote(sym))
         data.extend(self.bad_items)
-        return web.Response(body=json.dumps({"data": data}).encode(), content_type="application/json")
+        body = json.dumps({"data": data}).encode()
+        return web.Response(body=body, content_type="application/json")
 
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_get("/tick", self._tick)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, shutdown_timeout=0.5)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         host, bound = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{bound}"

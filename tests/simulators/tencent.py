@@ -32,8 +32,8 @@ _CODE = re.compile(r"^r_hk(\d{5})$")
 NAMES = {
     "00700": "腾讯控股",
     "00005": "汇丰控股",
-    "09988": "阿里巴巴－Ｗ",
-    "03690": "美团－Ｗ",
+    "09988": "阿里巴巴\uff0d\uff37",  # full-width "-W", as HK names are written
+    "03690": "美团\uff0d\uff37",
     "00941": "中国移动",
     "01299": "友邦保险",
 }
@@ -232,9 +232,11 @@ class TencentSimulator:
     async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_get("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, shutdown_timeout=0.5)
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
         await site.start()
         host, bound = self._runner.addresses[0][:2]
         self.url = f"http://{host}:{bound}"

@@ -11,8 +11,17 @@ from shared.dto import PriceUpdate
 T = datetime(2024, 3, 4, 1, 31, 10, tzinfo=UTC)
 
 
-def tick(symbol: str, price: float, at: datetime, volume: float | None = None, amount: float | None = None, size: float | None = None) -> PriceUpdate:
-    return PriceUpdate(symbol=symbol, price=price, timestamp=at, source="t", volume=volume, amount=amount, last_size=size)
+def tick(
+    symbol: str,
+    price: float,
+    at: datetime,
+    volume: float | None = None,
+    amount: float | None = None,
+    size: float | None = None,
+) -> PriceUpdate:
+    return PriceUpdate(
+        symbol=symbol, price=price, timestamp=at, source="t", volume=volume, amount=amount, last_size=size
+    )
 
 
 def test_cumulative_volume_is_differenced_per_minute() -> None:
@@ -21,7 +30,10 @@ def test_cumulative_volume_is_differenced_per_minute() -> None:
     agg.on_tick(tick("600000.SH", 10.2, T + timedelta(seconds=20), volume=1500, amount=15_100))
     agg.on_tick(tick("600000.SH", 9.9, T + timedelta(seconds=55), volume=1800, amount=18_070))  # next minute
     bars = agg.minute_bars("600000.SH")
-    assert [(b.open, b.high, b.low, b.close, b.volume) for b in bars] == [(10.0, 10.2, 10.0, 10.2, 500), (9.9, 9.9, 9.9, 9.9, 300)]
+    assert [(b.open, b.high, b.low, b.close, b.volume) for b in bars] == [
+        (10.0, 10.2, 10.0, 10.2, 500),
+        (9.9, 9.9, 9.9, 9.9, 300),
+    ]
     assert bars[0].timestamp == datetime(2024, 3, 4, 1, 31, tzinfo=UTC)
     assert bars[1].amount == 2970
     day = agg.daily_bar("600000.SH")

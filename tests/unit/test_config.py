@@ -46,7 +46,9 @@ def test_unset_variable_names_file_key_and_variable(tmp_path: Path) -> None:
 
 def test_env_overrides(tmp_path: Path) -> None:
     write(tmp_path, "livedata.yml", "kafka: {bootstrap_servers: 'file:1'}\n")
-    cfg = load_config(tmp_path, env={"KAFKA_BOOTSTRAP_SERVERS": "env:9", "REDIS_URL": "redis://x/0", "GINKGO_LOG_LEVEL": "DEBUG"})
+    cfg = load_config(
+        tmp_path, env={"KAFKA_BOOTSTRAP_SERVERS": "env:9", "REDIS_URL": "redis://x/0", "GINKGO_LOG_LEVEL": "DEBUG"}
+    )
     assert cfg.livedata.kafka.bootstrap_servers == "env:9"
     assert cfg.livedata.redis.url is not None and cfg.livedata.redis.url.get_secret_value() == "redis://x/0"
     assert cfg.livedata.logging.level == "DEBUG"
@@ -56,11 +58,27 @@ def test_env_overrides(tmp_path: Path) -> None:
     ("file", "text", "expected"),
     [
         ("livedata.yml", "kafka:\n  lingr_ms: 5\n", "livedata.yml: kafka.lingr_ms: unknown key"),
-        ("livedata.yml", "kafka:\n  linger_ms: -1\n", "livedata.yml: kafka.linger_ms: Input should be greater than or equal to 0"),
+        (
+            "livedata.yml",
+            "kafka:\n  linger_ms: -1\n",
+            "livedata.yml: kafka.linger_ms: Input should be greater than or equal to 0",
+        ),
         ("livedata.yml", "gateway:\n  markets: [EU]\n", "livedata.yml: gateway.markets.0:"),
-        ("task_timer.yml", "jobs:\n  - {name: a, cron: '* * *', command: x}\n", "task_timer.yml: jobs.0.cron: Value error, not a 5-field cron"),
-        ("task_timer.yml", "jobs:\n  - {name: a, cron: '* * * * *', command: x, timezone: Mars/Base}\n", "jobs.0.timezone: Value error, unknown timezone"),
-        ("data_sources.yml", "markets:\n  CN: {sources: []}\n", "data_sources.yml: markets.CN.sources: List should have at least 1 item"),
+        (
+            "task_timer.yml",
+            "jobs:\n  - {name: a, cron: '* * *', command: x}\n",
+            "task_timer.yml: jobs.0.cron: Value error, not a 5-field cron",
+        ),
+        (
+            "task_timer.yml",
+            "jobs:\n  - {name: a, cron: '* * * * *', command: x, timezone: Mars/Base}\n",
+            "jobs.0.timezone: Value error, unknown timezone",
+        ),
+        (
+            "data_sources.yml",
+            "markets:\n  CN: {sources: []}\n",
+            "data_sources.yml: markets.CN.sources: List should have at least 1 item",
+        ),
         ("livedata.yml", "kafka: [1, 2\n", "livedata.yml: line 2, column 1: invalid YAML"),
         ("livedata.yml", "- a\n- b\n", "livedata.yml: <root>: expected a mapping"),
         ("secure.yml", "alpaca: {key: k}\n", "secure.yml: alpaca: no source of that name"),

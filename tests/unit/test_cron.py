@@ -22,16 +22,41 @@ def job(cron: str, tz: str = "Asia/Shanghai", calendar: str | None = None) -> Jo
     ("cron", "tz", "after", "expected"),
     [
         # 1-5 is Monday-Friday (2024-03-01 is a Friday): Saturday is skipped
-        ("5 15 * * 1-5", "Asia/Shanghai", datetime(2024, 3, 1, 15, 5, tzinfo=SH), datetime(2024, 3, 4, 15, 5, tzinfo=SH)),
-        ("5 15 * * 1-5", "Asia/Shanghai", datetime(2024, 3, 1, 15, 4, 59, tzinfo=SH), datetime(2024, 3, 1, 15, 5, tzinfo=SH)),
+        (
+            "5 15 * * 1-5",
+            "Asia/Shanghai",
+            datetime(2024, 3, 1, 15, 5, tzinfo=SH),
+            datetime(2024, 3, 4, 15, 5, tzinfo=SH),
+        ),
+        (
+            "5 15 * * 1-5",
+            "Asia/Shanghai",
+            datetime(2024, 3, 1, 15, 4, 59, tzinfo=SH),
+            datetime(2024, 3, 1, 15, 5, tzinfo=SH),
+        ),
         # 0 and 7 are Sunday
         ("0 9 * * 0", "Asia/Shanghai", datetime(2024, 3, 1, tzinfo=SH), datetime(2024, 3, 3, 9, 0, tzinfo=SH)),
         ("0 9 * * 7", "Asia/Shanghai", datetime(2024, 3, 1, tzinfo=SH), datetime(2024, 3, 3, 9, 0, tzinfo=SH)),
         # every minute
-        ("* * * * *", "Asia/Shanghai", datetime(2024, 3, 1, 10, 0, 30, tzinfo=SH), datetime(2024, 3, 1, 10, 1, tzinfo=SH)),
+        (
+            "* * * * *",
+            "Asia/Shanghai",
+            datetime(2024, 3, 1, 10, 0, 30, tzinfo=SH),
+            datetime(2024, 3, 1, 10, 1, tzinfo=SH),
+        ),
         # the job's timezone, not the caller's; across the US DST switch (2024-03-10)
-        ("30 9 * * *", "America/New_York", datetime(2024, 3, 9, 15, 0, tzinfo=ZoneInfo("UTC")), datetime(2024, 3, 10, 9, 30, tzinfo=NY)),
-        ("30 9 * * *", "America/New_York", datetime(2024, 3, 10, 14, 0, tzinfo=ZoneInfo("UTC")), datetime(2024, 3, 11, 9, 30, tzinfo=NY)),
+        (
+            "30 9 * * *",
+            "America/New_York",
+            datetime(2024, 3, 9, 15, 0, tzinfo=ZoneInfo("UTC")),
+            datetime(2024, 3, 10, 9, 30, tzinfo=NY),
+        ),
+        (
+            "30 9 * * *",
+            "America/New_York",
+            datetime(2024, 3, 10, 14, 0, tzinfo=ZoneInfo("UTC")),
+            datetime(2024, 3, 11, 9, 30, tzinfo=NY),
+        ),
     ],
 )
 def test_next_fire(cron: str, tz: str, after: datetime, expected: datetime) -> None:

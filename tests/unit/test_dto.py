@@ -62,8 +62,14 @@ def test_bar_never_decodes_as_price_update() -> None:
     ("raw", "fragment"),
     [
         (b'{"type":"price_update","symbol":"A","price":1,"timestamp":"2024-01-01T00:00:00","source":"s"}', "timezone"),
-        (b'{"type":"price_update","symbol":"A","price":1,"timestamp":"2024-01-01T00:00:00Z","source":"s","x":1}', "unknown field `x`"),
-        (b'{"type":"price_update","symbol":"A","timestamp":"2024-01-01T00:00:00Z","source":"s"}', "missing required field `price`"),
+        (
+            b'{"type":"price_update","symbol":"A","price":1,"timestamp":"2024-01-01T00:00:00Z","source":"s","x":1}',
+            "unknown field `x`",
+        ),
+        (
+            b'{"type":"price_update","symbol":"A","timestamp":"2024-01-01T00:00:00Z","source":"s"}',
+            "missing required field `price`",
+        ),
         (b'{"type":"bar","symbol":"A","price":1}', "unknown field `price`"),
         (b'{"type":"nope"}', "Invalid value 'nope'"),
         (b'{"symbol":"A"}', "missing required field `type`"),
@@ -79,10 +85,13 @@ def test_rejections(raw: bytes, fragment: str) -> None:
 
 def test_frozen() -> None:
     with pytest.raises(AttributeError):
-        SAMPLES[0].price = 1.0  # type: ignore[misc]
+        tick = SAMPLES[0]
+        assert isinstance(tick, PriceUpdate)
+        tick.price = 1.0  # type: ignore[misc]
 
 
 def test_offsets_other_than_utc_keep_the_instant() -> None:
     hk = timezone(timedelta(hours=8))
     p = PriceUpdate(symbol="00700.HK", price=1, timestamp=T.astimezone(hk), source="s")
-    assert decode(encode(p)).timestamp == T  # type: ignore[union-attr]
+    got = decode(encode(p))
+    assert isinstance(got, PriceUpdate) and got.timestamp == T

@@ -13,8 +13,12 @@ from shared.symbols import Market, SymbolError
 T0 = datetime(2024, 1, 2, 1, 0, tzinfo=UTC)
 
 
-def upd(pid: str, kind: UpdateType, *symbols: str, node: str = "n1", lease_s: float | None = None, at: datetime = T0) -> InterestUpdate:
-    return InterestUpdate(portfolio_id=pid, node_id=node, symbols=symbols, update_type=kind, timestamp=at, lease_s=lease_s)
+def upd(
+    pid: str, kind: UpdateType, *symbols: str, node: str = "n1", lease_s: float | None = None, at: datetime = T0
+) -> InterestUpdate:
+    return InterestUpdate(
+        portfolio_id=pid, node_id=node, symbols=symbols, update_type=kind, timestamp=at, lease_s=lease_s
+    )
 
 
 def test_replace_touches_only_that_subscriber() -> None:

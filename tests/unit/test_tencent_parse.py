@@ -36,7 +36,7 @@ def test_gbk_answer_decodes_chinese_names() -> None:
     assert names == {
         "r_hk00700": "腾讯控股",
         "r_hk00005": "汇丰控股",
-        "r_hk09988": "阿里巴巴－Ｗ",
+        "r_hk09988": "阿里巴巴\uff0d\uff37",  # full-width "-W"
         "r_hk01299": "友邦保险",
     }
     assert all(len(fields) >= 70 for _, fields in parsed)
@@ -46,7 +46,8 @@ def test_gbk_bytes_are_not_utf8() -> None:
     raw = (FIXTURES / "quotes_gbk.txt").read_bytes()
     text, clean = decode_body(raw, "utf-8")
     assert not clean and "腾讯控股" not in text  # the encoding setting matters
-    assert decode_body(raw, "gbk")[0] == decode_body((FIXTURES / "quotes_utf8.txt").read_bytes(), "utf-8")[0]
+    utf8 = (FIXTURES / "quotes_utf8.txt").read_bytes()
+    assert decode_body(raw, "gbk")[0] == decode_body(utf8, "utf-8")[0]
 
 
 def test_fields_to_price_update() -> None:
@@ -127,7 +128,10 @@ def test_quote_time_table(text: str, expected: datetime) -> None:
     assert parse_quote_time(text) == expected
 
 
-@pytest.mark.parametrize("text", ["20240304160810", "2024-03-04 16:08:10", "2024/13/04 16:08:10", "", "2024/03/04 16:08"])
+@pytest.mark.parametrize(
+    "text",
+    ["20240304160810", "2024-03-04 16:08:10", "2024/13/04 16:08:10", "", "2024/03/04 16:08"],
+)
 def test_bad_quote_times(text: str) -> None:
     with pytest.raises(TencentParseError):
         parse_quote_time(text)

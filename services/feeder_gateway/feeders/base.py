@@ -79,6 +79,8 @@ class Feeder(abc.ABC, Generic[SettingsT]):
 
     type_name: ClassVar[str]
     settings_model: ClassVar[type[Strict]]
+    follows_sessions: ClassVar[bool] = True
+    """The stale watchdog only runs while the market is in session (sim: always)."""
 
     def __init__(self, settings: SettingsT, ctx: FeederContext) -> None:
         self.settings = settings
@@ -103,9 +105,7 @@ class Feeder(abc.ABC, Generic[SettingsT]):
         """Yield tick batches for the desired symbols until closed."""
 
     @classmethod
-    def from_settings(
-        cls, raw: dict[str, Any], ctx: FeederContext, file: str, key: str
-    ) -> Feeder[Any]:
+    def from_settings(cls, raw: dict[str, Any], ctx: FeederContext, file: str, key: str) -> Feeder[Any]:
         """Validate this feeder's settings; errors name the file and the key path."""
         try:
             settings = cls.settings_model.model_validate(raw)

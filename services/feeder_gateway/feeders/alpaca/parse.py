@@ -94,8 +94,8 @@ def _side_price(value: object, key: str) -> float | None:
 
 
 def _count(value: object, key: str) -> int:
-    if type(value) is int and value >= 0:  # type: ignore[operator]
-        return value  # type: ignore[return-value]
+    if type(value) is int and value >= 0:  # bool is not an int here
+        return value
     raise WireError(f"bad {key}: {value!r:.40}")
 
 

@@ -96,7 +96,9 @@ class EastMoneySettings(Strict):
     ban_after_resets: int = Field(2, ge=1)
     """Consecutive connection resets before any answer that count as a ban."""
     stale_after_s: float | None = Field(60.0, gt=0)
-    """Gateway watchdog: no tick this long in session (with symbols) → reconnect/fail over."""
+    """Gateway watchdog: no tick this long in session (with symbols) → reconnect/fail over.
+    Ticks come only when a quote changes (both modes), so a set of a few illiquid symbols
+    can be quiet this long: raise it, or unset it, for such sets."""
     referer: str = "https://quote.eastmoney.com/"
     """``Referer`` header sent with every request (EastMoney expects its quote site)."""
     user_agent: str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"

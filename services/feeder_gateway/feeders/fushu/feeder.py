@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from datetime import datetime
 from typing import ClassVar
 
@@ -189,7 +189,7 @@ class FushuFeeder(Feeder[FushuSettings]):
                 ctx.malformed(e.reason, bytes(raw))
         return batch
 
-    async def ticks(self) -> AsyncIterator[list[PriceUpdate]]:
+    async def ticks(self) -> AsyncGenerator[list[PriceUpdate], None]:
         s = self.settings
         ctx = self.ctx
         if s.api_key is None or not s.api_key.get_secret_value():
@@ -208,6 +208,8 @@ class FushuFeeder(Feeder[FushuSettings]):
                 "Accept": "application/json",
             },
         )
+        self.symbols_changed.clear()  # a (re)started generator polls the whole desired set
+        polled = self._apply_symbols(polled, last_seen, up)
         try:
             while True:
                 if self.symbols_changed.is_set():

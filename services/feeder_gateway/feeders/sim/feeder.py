@@ -53,6 +53,7 @@ class SimFeeder(Feeder[SimSettings]):
 
     type_name = "sim"
     settings_model = SimSettings
+    follows_sessions = False  # the synthetic market never closes
 
     @property
     def stale_after_s(self) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import ClassVar
 
@@ -229,7 +229,7 @@ class TencentFeeder(Feeder[TencentSettings]):
                 ctx.malformed(e.reason, "~".join(fields[:40]))
         return batch
 
-    async def ticks(self) -> AsyncIterator[list[PriceUpdate]]:
+    async def ticks(self) -> AsyncGenerator[list[PriceUpdate], None]:
         s = self.settings
         ctx = self.ctx
         backoff = Backoff(s.backoff_base_s, s.backoff_cap_s, s.healthy_after_s)
@@ -241,6 +241,8 @@ class TencentFeeder(Feeder[TencentSettings]):
         up = False
         delayed_reported = False
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=s.timeout_s))
+        self.symbols_changed.clear()  # a (re)started generator polls the whole desired set
+        polled, codes = self._apply_symbols(polled, last_seen, up)
         try:
             while True:
                 if self.symbols_changed.is_set():
