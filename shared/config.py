@@ -191,6 +191,11 @@ class MarketSources(Strict):
     """A market's feeders in order of preference."""
 
     sources: list[SourceEntry] = Field(min_length=1)
+    failback_after_s: float = Field(30.0, gt=0)
+    """After a failover, try the preferred source again once this long has passed."""
+    stale_watchdog: Literal["in_session", "always"] = "in_session"
+    """When a silent source counts as stale: only in the market's session (real feeds),
+    or at any hour (24h venues, test rigs)."""
 
 
 class DataSources(Strict):

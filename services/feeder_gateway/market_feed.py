@@ -45,6 +45,7 @@ class MarketFeed:
         events: SystemEvents,
         failback_after_s: float = 30.0,
         watchdog_interval_s: float = 0.25,
+        stale_in_session_only: bool = True,
     ) -> None:
         if not feeders:
             raise ValueError(f"market {market} has no sources")
@@ -54,6 +55,7 @@ class MarketFeed:
         self._events = events
         self._failback_after_s = failback_after_s
         self._watchdog_interval_s = watchdog_interval_s
+        self._stale_in_session_only = stale_in_session_only
         self.symbols: frozenset[str] = frozenset()
         self.active = 0
         self.last_data = time.monotonic()
@@ -130,7 +132,7 @@ class MarketFeed:
                     stale_after is not None
                     and self.symbols
                     and now - self.last_data > stale_after
-                    and (not feeder.follows_sessions or in_session(self.market, utcnow()))
+                    and self._watch_now(feeder)
                 ):
                     self._events.status(
                         f"feed.{self.market.value}",
@@ -145,6 +147,12 @@ class MarketFeed:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
+
+    def _watch_now(self, feeder: Feeder[Any]) -> bool:
+        """Whether silence counts now: always, or only while the market is in session."""
+        if not (self._stale_in_session_only and feeder.follows_sessions):
+            return True
+        return in_session(self.market, utcnow())
 
     def _preferred_ready(self, now: float) -> bool:
         return any(

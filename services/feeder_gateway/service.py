@@ -13,7 +13,7 @@ from services.feeder_gateway.market_feed import MarketFeed
 from services.feeder_gateway.subscriptions import SubscriptionWatcher
 from services.feeder_gateway.tick_publisher import TickPublisher
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
-from shared.config import DATA_SOURCES_FILE, AppConfig, ConfigError, HttpSettings, SourceEntry
+from shared.config import DATA_SOURCES_FILE, AppConfig, ConfigError, HttpSettings, MarketSources, SourceEntry
 from shared.dto import Subscription
 from shared.events import SystemEvents
 from shared.kafka import DeadLetters, Inbox, KafkaPublisher, ensure_topics
@@ -168,7 +168,8 @@ def build_feeds(
     where = str(config.directory / DATA_SOURCES_FILE)
     feeds: dict[Market, MarketFeed] = {}
     for market in markets:
-        entries = configured[market].sources if market in configured else DEFAULT_SOURCES[market]
+        market_cfg = configured.get(market) or MarketSources(sources=DEFAULT_SOURCES[market])
+        entries = market_cfg.sources
         feeders: list[Feeder[Any]] = []
         for i, entry in enumerate(entries):
             key = f"markets.{market.value}.sources[{i}]"
@@ -187,5 +188,12 @@ def build_feeds(
             feeders.append(cls.from_settings(config.source_settings(entry), ctx, where, key))
         if not feeders:
             raise ConfigError(f"{where}: markets.{market.value}.sources: no enabled source")
-        feeds[market] = MarketFeed(market, feeders, queue, events)
+        feeds[market] = MarketFeed(
+            market,
+            feeders,
+            queue,
+            events,
+            failback_after_s=market_cfg.failback_after_s,
+            stale_in_session_only=market_cfg.stale_watchdog == "in_session",
+        )
     return feeds

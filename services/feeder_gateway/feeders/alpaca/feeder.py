@@ -84,8 +84,9 @@ class AlpacaSettings(Strict):
     channels: tuple[Channel, ...] = Field(("trades", "quotes"), min_length=1)
     """Channels subscribed for every symbol: trades, quotes, bars, dailyBars."""
     symbol_limit: int | None = Field(30, ge=1)
-    """Most symbols requested (the free plan allows 30); the excess is not requested and
-    is reported once. None: no limit (paid plans)."""
+    """Most symbols requested (the free plan allows 30 on trades/quotes); the excess is
+    not requested and is reported once. None: no limit (paid plans, or bars only: the
+    free plan does not limit bars)."""
     max_symbols_per_message: int = Field(100, ge=1, le=10_000)
     """A larger (un)subscribe is split into several messages (huge ones are rejected)."""
     msgpack: bool = False
@@ -305,7 +306,7 @@ class AlpacaStream:
         wanted = {to_wire(sym): sym for sym in self._feeder.symbols}
         target, excess = self._budget.select(set(wanted), self._requested)
         if self._budget.newly_excess(excess):
-            self._report_limit(excess, refused=False)
+            self._report_limit(excess, refused=bool(self._budget.refused))
         # the parser first: data for dropped symbols still arriving is discarded, data for
         # new ones is accepted from the first frame
         self._parser.set_wanted({w: wanted[w] for w in target})
