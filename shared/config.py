@@ -112,7 +112,15 @@ class HttpSettings(Strict):
     enabled: bool = True
 
 
-class GatewaySettings(Strict):
+class ServiceSettings(Strict):
+    """What every daemon has: its HTTP endpoint and its shutdown deadline."""
+
+    http: HttpSettings = HttpSettings()
+    shutdown_timeout_s: float = Field(5.0, gt=0)
+    """After SIGTERM, drain for at most this long, then cancel what is left (exit 1)."""
+
+
+class GatewaySettings(ServiceSettings):
     """feeder-gateway settings."""
 
     http: HttpSettings = HttpSettings(port=8701)
@@ -123,10 +131,9 @@ class GatewaySettings(Strict):
     """Most ticks handed to the producer before awaiting their delivery."""
     markets: list[Market] | None = None
     """Markets this instance serves (None: every market in data_sources.yml)."""
-    shutdown_timeout_s: float = Field(5.0, gt=0)
 
 
-class DatamanagerSettings(Strict):
+class DatamanagerSettings(ServiceSettings):
     """datamanager settings."""
 
     http: HttpSettings = HttpSettings(port=8702)
@@ -135,16 +142,14 @@ class DatamanagerSettings(Strict):
     """Lease for subscribers that do not send one; None: never expire."""
     command_freshness_s: float = Field(60.0, gt=0)
     """Commands issued longer ago than this are ignored."""
-    shutdown_timeout_s: float = Field(5.0, gt=0)
 
 
-class TasktimerSettings(Strict):
+class TasktimerSettings(ServiceSettings):
     """tasktimer settings."""
 
     http: HttpSettings = HttpSettings(port=8703)
     misfire_grace_s: float = Field(30.0, ge=0)
     """A fire missed by less than this (e.g. across a restart) still happens, once."""
-    shutdown_timeout_s: float = Field(5.0, gt=0)
 
 
 class LoggingSettings(Strict):

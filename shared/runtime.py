@@ -20,21 +20,50 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.config import AppConfig, ConfigError, HttpSettings, load_config
+from shared.config import AppConfig, ConfigError, HttpSettings, ServiceSettings, load_config
+from shared.events import SystemEvents
+from shared.kafka import KafkaPublisher, ensure_topics
 from shared.logs import kv, setup_logging
 from shared.metrics import ServiceMetrics
+from shared.topics import Topics
 
 log = logging.getLogger("runtime")
 
 
 class Service(abc.ABC):
-    """A daemon: ``run(stop)`` serves until ``stop`` is set, then drains and returns."""
+    """A daemon: ``run(stop)`` serves until ``stop`` is set, then drains and returns.
+
+    Every service has a producer (``publisher``), a system-events emitter and its
+    topics; ``start_kafka``/``stop_kafka`` bracket ``run``.
+    """
 
     name: str
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, settings: ServiceSettings) -> None:
+        live = config.livedata
         self.config = config
+        self.settings = settings
+        self.kafka = live.kafka
+        self.topics = Topics(live.topics.prefix)
         self.metrics = ServiceMetrics(self.name)
+        self.publisher = KafkaPublisher(live.kafka, f"{live.kafka.client_id}-{self.name}", self.metrics)
+        self.events = SystemEvents(self.name, self.topics.system_events)
+        self.broker_ok = False
+
+    async def start_kafka(self) -> None:
+        """Create missing topics (if configured) and start the producer."""
+        if self.kafka.create_topics:
+            await ensure_topics(self.kafka, self.topics.with_partitions(self.kafka.partitions))
+        await self.publisher.start()
+        self.broker_ok = True
+
+    async def stop_kafka(self) -> None:
+        """Flush and close the producer; never raises (shutdown goes on)."""
+        self.broker_ok = False
+        try:
+            await self.publisher.stop()
+        except Exception as e:
+            log.error("producer close failed", extra=kv(error=repr(e)))
 
     @abc.abstractmethod
     async def run(self, stop: asyncio.Event) -> None: ...
@@ -49,11 +78,11 @@ class Service(abc.ABC):
 
     @property
     def http_settings(self) -> HttpSettings:
-        return HttpSettings(enabled=False)
+        return self.settings.http
 
     @property
     def shutdown_timeout_s(self) -> float:
-        return 5.0
+        return self.settings.shutdown_timeout_s
 
 
 class HealthServer:

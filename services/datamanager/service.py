@@ -14,16 +14,14 @@ from aiokafka import AIOKafkaConsumer
 from services.datamanager.bars import BarAggregator
 from services.datamanager.commands import CommandDesk
 from services.datamanager.interest import InterestRegistry
-from shared.config import AppConfig, HttpSettings
+from shared.config import AppConfig, DatamanagerSettings
 from shared.dto import Bar, ControlCommand, InterestUpdate, PriceUpdate, Subscription, utcnow
-from shared.events import SystemEvents
-from shared.kafka import DeadLetters, Inbox, KafkaPublisher, assign_all, at_end, consumer_options, ensure_topics
+from shared.kafka import DeadLetters, Inbox, assign_all, at_end, consumer_options
 from shared.logs import kv
 from shared.metrics import add_callback_metric
 from shared.runtime import Service
 from shared.sessions import trading_day
 from shared.symbols import Market, SymbolError
-from shared.topics import Topics
 
 log = logging.getLogger("datamanager")
 
@@ -33,14 +31,10 @@ class DataManager(Service):
 
     name = "datamanager"
 
+    settings: DatamanagerSettings
+
     def __init__(self, config: AppConfig) -> None:
-        super().__init__(config)
-        live = config.livedata
-        self.settings = live.datamanager
-        self.kafka = live.kafka
-        self.topics = Topics(live.topics.prefix)
-        self.publisher = KafkaPublisher(live.kafka, f"{live.kafka.client_id}-datamanager", self.metrics)
-        self.events = SystemEvents(self.name, self.topics.system_events)
+        super().__init__(config, config.livedata.datamanager)
         dead = DeadLetters(self.publisher, self.topics, self.name, self.metrics)
         self.inbox = Inbox(
             dead,
@@ -62,7 +56,6 @@ class DataManager(Service):
         self.ticks_ready = asyncio.Event()  # the bars consumer group has its partitions
         self.commands_ready = asyncio.Event()
         self._revision: dict[Market, int] = {}
-        self._broker_ok = False
         m = self.metrics
         self._rejected = m.counter(
             "livedata_datamanager_ticks_rejected", "Ticks dropped by data-quality checks", ["reason"]
@@ -86,17 +79,9 @@ class DataManager(Service):
         )
         self._latency = m.histogram("livedata_tick_latency_seconds", "Provider time → datamanager receive time")
 
-    @property
-    def http_settings(self) -> HttpSettings:
-        return self.settings.http
-
-    @property
-    def shutdown_timeout_s(self) -> float:
-        return self.settings.shutdown_timeout_s
-
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         parts = {
-            "broker": self._broker_ok,
+            "broker": self.broker_ok,
             "interest_loaded": self.interest_loaded.is_set(),
             "ticks_consumer": self.ticks_ready.is_set(),
             "commands_consumer": self.commands_ready.is_set(),
@@ -112,10 +97,7 @@ class DataManager(Service):
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self.kafka.create_topics:
-            await ensure_topics(self.kafka, self.topics.with_partitions(self.kafka.partitions))
-        await self.publisher.start()
-        self._broker_ok = True
+        await self.start_kafka()
         self.events.status("datamanager", "started")
         intake_stop = asyncio.Event()
         try:
@@ -135,9 +117,7 @@ class DataManager(Service):
                 self.events.close()
                 await events_task
         finally:
-            self._broker_ok = False
-            with contextlib.suppress(Exception):
-                await self.publisher.stop()
+            await self.stop_kafka()
 
     # -- interest ---------------------------------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -13,15 +12,14 @@ from services.feeder_gateway.market_feed import MarketFeed
 from services.feeder_gateway.subscriptions import SubscriptionWatcher
 from services.feeder_gateway.tick_publisher import TickPublisher
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
-from shared.config import DATA_SOURCES_FILE, AppConfig, ConfigError, HttpSettings, MarketSources, SourceEntry
+from shared.config import DATA_SOURCES_FILE, AppConfig, ConfigError, GatewaySettings, MarketSources, SourceEntry
 from shared.dto import Subscription
 from shared.events import SystemEvents
-from shared.kafka import DeadLetters, Inbox, KafkaPublisher, ensure_topics
+from shared.kafka import DeadLetters, Inbox
 from shared.logs import kv
 from shared.metrics import add_callback_metric
 from shared.runtime import Service
 from shared.symbols import Market
-from shared.topics import Topics
 
 log = logging.getLogger("gateway")
 
@@ -33,14 +31,12 @@ class FeederGateway(Service):
 
     name = "feeder-gateway"
 
+    settings: GatewaySettings
+
     def __init__(self, config: AppConfig) -> None:
-        super().__init__(config)
+        super().__init__(config, config.livedata.gateway)
         live = config.livedata
-        self.settings = live.gateway
-        self.topics = Topics(live.topics.prefix)
         self.queue = ConflatingTickQueue(self.settings.queue_size)
-        self.events = SystemEvents(self.name, self.topics.system_events)
-        self.publisher = KafkaPublisher(live.kafka, f"{live.kafka.client_id}-gateway", self.metrics)
         self.feeder_metrics = FeederMetrics(self.metrics)
         self.feeds: dict[Market, MarketFeed] = self._build_feeds()
         inbox = Inbox(
@@ -54,7 +50,6 @@ class FeederGateway(Service):
         self.tick_publisher = TickPublisher(
             self.queue, self.publisher, self.topics.market_data, self.settings.publish_batch_max
         )
-        self._broker_ok = False
         m = self.metrics
         add_callback_metric(
             m, "gauge", "livedata_gateway_queue_depth", "Ticks waiting to be published", lambda: len(self.queue)
@@ -80,14 +75,6 @@ class FeederGateway(Service):
             lambda: sum(f.switches for f in self.feeds.values()),
         )
 
-    @property
-    def http_settings(self) -> HttpSettings:
-        return self.settings.http
-
-    @property
-    def shutdown_timeout_s(self) -> float:
-        return self.settings.shutdown_timeout_s
-
     def _build_feeds(self) -> dict[Market, MarketFeed]:
         return build_feeds(self.config, self.queue, self.events, self.feeder_metrics)
 
@@ -105,10 +92,13 @@ class FeederGateway(Service):
             m.value: {"source": f.active_feeder.ctx.name, "connected": f.connected, "symbols": len(f.symbols)}
             for m, f in self.feeds.items()
         }
-        ready = self._broker_ok and self.watcher.caught_up.is_set()
+        # a market with symbols needs its active feeder connected; an idle one needs nothing
+        feeders_ok = all(f.connected or not f.symbols for f in self.feeds.values())
+        ready = self.broker_ok and self.watcher.caught_up.is_set() and feeders_ok
         return ready, {
-            "broker": self._broker_ok,
+            "broker": self.broker_ok,
             "subscriptions_loaded": self.watcher.caught_up.is_set(),
+            "feeders_connected": feeders_ok,
             "feeds": feeds,
         }
 
@@ -116,11 +106,7 @@ class FeederGateway(Service):
         return {"service": self.name, "queue_depth": len(self.queue), "conflated": self.queue.conflated}
 
     async def run(self, stop: asyncio.Event) -> None:
-        kafka = self.config.livedata.kafka
-        if kafka.create_topics:
-            await ensure_topics(kafka, self.topics.with_partitions(kafka.partitions))
-        await self.publisher.start()
-        self._broker_ok = True
+        await self.start_kafka()
         self.events.status("gateway", "started", markets=[m.value for m in self.feeds])
         feed_stop = asyncio.Event()
         try:
@@ -142,9 +128,7 @@ class FeederGateway(Service):
                 self.events.close()
                 await events_task
         finally:
-            self._broker_ok = False
-            with contextlib.suppress(Exception):
-                await self.publisher.stop()
+            await self.stop_kafka()
         log.info("drained", extra=kv(published=self.tick_publisher.published, conflated=self.queue.conflated))
 
 

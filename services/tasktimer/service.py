@@ -10,13 +10,10 @@ from datetime import datetime
 from typing import Any
 
 from services.tasktimer.cron import fire_id, next_fire
-from shared.config import AppConfig, HttpSettings, JobSettings
+from shared.config import AppConfig, JobSettings, TasktimerSettings
 from shared.dto import ControlCommand, utcnow
-from shared.events import SystemEvents
-from shared.kafka import KafkaPublisher, ensure_topics
 from shared.logs import kv
 from shared.runtime import Service
-from shared.topics import Topics
 
 log = logging.getLogger("tasktimer")
 
@@ -26,16 +23,12 @@ class TaskTimer(Service):
 
     name = "tasktimer"
 
+    settings: TasktimerSettings
+
     def __init__(self, config: AppConfig, clock: Callable[[], datetime] = utcnow) -> None:
-        super().__init__(config)
+        super().__init__(config, config.livedata.tasktimer)
         self.clock = clock
-        live = config.livedata
-        self.settings = live.tasktimer
-        self.kafka = live.kafka
-        self.topics = Topics(live.topics.prefix)
         self.jobs = [j for j in config.task_timer.jobs if j.enabled]
-        self.publisher = KafkaPublisher(live.kafka, f"{live.kafka.client_id}-tasktimer", self.metrics)
-        self.events = SystemEvents(self.name, self.topics.system_events)
         self.next_fires: dict[str, datetime] = {}
         self._fired: set[str] = set()
         self._fires = self.metrics.counter("livedata_timer_fires", "Commands published by job", ["job"])
@@ -45,18 +38,9 @@ class TaskTimer(Service):
         self._lateness = self.metrics.histogram(
             "livedata_timer_lateness_seconds", "Scheduled instant → command published"
         )
-        self._broker_ok = False
-
-    @property
-    def http_settings(self) -> HttpSettings:
-        return self.settings.http
-
-    @property
-    def shutdown_timeout_s(self) -> float:
-        return self.settings.shutdown_timeout_s
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        return self._broker_ok, {"broker": self._broker_ok, "jobs": len(self.jobs)}
+        return self.broker_ok, {"broker": self.broker_ok, "jobs": len(self.jobs)}
 
     def health(self) -> dict[str, Any]:
         return {"service": self.name, "next_fires": {k: v.isoformat() for k, v in self.next_fires.items()}}
@@ -96,10 +80,7 @@ class TaskTimer(Service):
         log.info("fired", extra=kv(job=job.name, instant=instant.isoformat(), lateness_ms=round(lateness * 1000, 1)))
 
     async def run(self, stop: asyncio.Event) -> None:
-        if self.kafka.create_topics:
-            await ensure_topics(self.kafka, self.topics.with_partitions(self.kafka.partitions))
-        await self.publisher.start()
-        self._broker_ok = True
+        await self.start_kafka()
         log.info("jobs loaded", extra=kv(jobs=[j.name for j in self.jobs]))
         try:
             async with asyncio.TaskGroup() as tg:
@@ -136,6 +117,4 @@ class TaskTimer(Service):
                 self.events.close()
                 await events_task
         finally:
-            self._broker_ok = False
-            with contextlib.suppress(Exception):
-                await self.publisher.stop()
+            await self.stop_kafka()
