@@ -10,6 +10,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from prometheus_client import Histogram
+
 from services.feeder_gateway.feeders.base import Feeder, FeederConfigError
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
 from shared.dto import PriceUpdate, utcnow
@@ -46,6 +48,7 @@ class MarketFeed:
         failback_after_s: float = 30.0,
         watchdog_interval_s: float = 0.25,
         stale_in_session_only: bool = True,
+        latency: Histogram | None = None,
     ) -> None:
         if not feeders:
             raise ValueError(f"market {market} has no sources")
@@ -56,6 +59,7 @@ class MarketFeed:
         self._failback_after_s = failback_after_s
         self._watchdog_interval_s = watchdog_interval_s
         self._stale_in_session_only = stale_in_session_only
+        self._latency = latency
         self.symbols: frozenset[str] = frozenset()
         self.active = 0
         self.last_data = time.monotonic()
@@ -94,7 +98,12 @@ class MarketFeed:
         async with contextlib.aclosing(gen):
             async for batch in gen:
                 self.last_data = time.monotonic()
-                self._queue.put_batch(batch)
+                if batch:
+                    self._queue.put_batch(batch)
+                    if self._latency is not None:  # one sample per batch: its newest tick
+                        last = batch[-1]
+                        if last.receive_time is not None:
+                            self._latency.observe(max((last.receive_time - last.timestamp).total_seconds(), 0.0))
 
     async def _run_source(self, source: _SourceState, stop: asyncio.Event) -> str:
         feeder = source.feeder

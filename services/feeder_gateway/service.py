@@ -6,6 +6,8 @@ import asyncio
 import logging
 from typing import Any
 
+from prometheus_client import Histogram
+
 from services.feeder_gateway.feeders.base import Feeder, FeederContext, FeederMetrics
 from services.feeder_gateway.feeders.registry import FEEDER_TYPES
 from services.feeder_gateway.market_feed import MarketFeed
@@ -76,7 +78,10 @@ class FeederGateway(Service):
         )
 
     def _build_feeds(self) -> dict[Market, MarketFeed]:
-        return build_feeds(self.config, self.queue, self.events, self.feeder_metrics)
+        latency = self.metrics.histogram(
+            "livedata_feed_latency_seconds", "Provider time → gateway receive time (newest tick of each batch)"
+        )
+        return build_feeds(self.config, self.queue, self.events, self.feeder_metrics, latency)
 
     def _apply(self, market: Market, symbols: frozenset[str]) -> None:
         feed = self.feeds.get(market)
@@ -140,7 +145,11 @@ def _feeder_status(events: SystemEvents, market: Market, source: str) -> Any:
 
 
 def build_feeds(
-    config: AppConfig, queue: ConflatingTickQueue, events: SystemEvents, feeder_metrics: FeederMetrics
+    config: AppConfig,
+    queue: ConflatingTickQueue,
+    events: SystemEvents,
+    feeder_metrics: FeederMetrics,
+    latency: Histogram | None = None,
 ) -> dict[Market, MarketFeed]:
     """One MarketFeed per served market from data_sources.yml (sim everywhere if empty).
 
@@ -179,5 +188,6 @@ def build_feeds(
             events,
             failback_after_s=market_cfg.failback_after_s,
             stale_in_session_only=market_cfg.stale_watchdog == "in_session",
+            latency=latency,
         )
     return feeds

@@ -60,6 +60,11 @@ class Daemon:
         except aiohttp.ClientError:
             return False
 
+    async def get(self, path: str) -> str:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.port}{path}") as r:
+            assert r.status == 200, f"{self.name} {path}: HTTP {r.status}"
+            return await r.text()
+
     async def terminate(self) -> tuple[int, float]:
         assert self.proc is not None
         started = time.monotonic()
@@ -192,6 +197,21 @@ async def test_bad_messages_are_dead_lettered_and_daemons_keep_serving(
         for daemon in daemons.values():
             assert await daemon.ready()
         assert events.of_type(Status)
+        gateway_metrics = await daemons["gateway"].get("/metrics")
+        for name in (
+            "livedata_gateway_ticks_in_total",
+            "livedata_gateway_ticks_out_total",
+            "livedata_gateway_ticks_conflated_total",
+            "livedata_gateway_queue_depth",
+            "livedata_feed_latency_seconds_bucket",
+            "livedata_feeder_reconnects_total",
+            f'livedata_dead_lettered_total{{topic="{topics.subscriptions}"}} 1.0',
+        ):
+            assert name in gateway_metrics, name
+        dm_metrics = await daemons["datamanager"].get("/metrics")
+        assert f'livedata_dead_lettered_total{{topic="{topics.interest_updates}"}} 1.0' in dm_metrics
+        assert "livedata_tick_latency_seconds_bucket" in dm_metrics
+        assert '"status": "ok"' in await daemons["tasktimer"].get("/healthz")
 
 
 async def test_sigterm_under_load_exits_zero_quickly(
