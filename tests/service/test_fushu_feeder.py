@@ -3,84 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
-from services.feeder_gateway.feeders.base import FeederConfigError, FeederContext, FeederMetrics
+from services.feeder_gateway.feeders.base import FeederConfigError
 from services.feeder_gateway.feeders.fushu.feeder import FushuFeeder, FushuSettings
-from shared.dto import PriceUpdate
-from shared.metrics import ServiceMetrics
-from shared.symbols import Market
 from tests.helpers import eventually
+from tests.service import poller_helpers as poller
 from tests.simulators.fushu import FushuSimulator
 
 KEY = "test-key"
 
-
-class Harness:
-    """A feeder plus a task draining its generator into ``ticks`` / ``batches``."""
-
-    def __init__(self, url: str, **overrides: Any) -> None:
-        settings: dict[str, Any] = {
-            "base_url": url,
-            "api_key": KEY,
-            "poll_interval_s": 0.05,
-            "poll_jitter_s": 0.0,
-            "min_poll_gap_s": 0.0,
-            "timeout_s": 1.0,
-            "backoff_base_s": 0.02,
-            "backoff_cap_s": 0.1,
-            "rate_limited_pause_s": 0.05,
-        }
-        settings.update(overrides)
-        self.statuses: list[tuple[str, dict[str, Any]]] = []
-        self.service_metrics = ServiceMetrics("test")
-        ctx = FeederContext(
-            name="fushu",
-            market=Market.HK,
-            emit_status=lambda state, detail: self.statuses.append((state, detail)),
-            metrics=FeederMetrics(self.service_metrics),
-        )
-        self.feeder = FushuFeeder(FushuSettings.model_validate(settings), ctx)
-        self.batches: list[list[PriceUpdate]] = []
-        self.ticks: list[PriceUpdate] = []
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self, *symbols: str) -> None:
-        if symbols:
-            self.feeder.set_symbols(frozenset(symbols))
-        self.task = asyncio.create_task(self._run(), name="fushu-test-pump")
-
-    async def _run(self) -> None:
-        gen = self.feeder.ticks()
-        async with contextlib.aclosing(gen):
-            async for batch in gen:
-                self.batches.append(batch)
-                self.ticks.extend(batch)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
-
-    def states(self) -> list[str]:
-        return [s for s, _ in self.statuses]
-
-    def sample(self, name: str, **labels: str) -> float:
-        value = self.service_metrics.registry.get_sample_value(name, {"source": "fushu", **labels})
-        return value or 0.0
-
-    def symbols_seen(self) -> set[str]:
-        return {t.symbol for t in self.ticks}
-
-
-Make = Callable[..., Harness]
+Make = Callable[..., poller.PollerHarness[FushuFeeder]]
 
 
 @pytest.fixture
@@ -91,21 +27,11 @@ async def sim() -> AsyncIterator[FushuSimulator]:
 
 @pytest.fixture
 async def make(sim: FushuSimulator) -> AsyncIterator[Make]:
-    made: list[Harness] = []
-
-    def factory(**overrides: Any) -> Harness:
-        h = Harness(sim.url, **overrides)
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        await h.stop()
+    async with poller.harnesses(FushuFeeder, "fushu", sim.url, api_key=KEY) as factory:
+        yield factory
 
 
-async def test_ticks_for_the_subscribed_symbols_with_bearer_auth(
-    sim: FushuSimulator, make: Make
-) -> None:
+async def test_ticks_for_the_subscribed_symbols_with_bearer_auth(sim: FushuSimulator, make: Make) -> None:
     sim.set_quote(
         "00700.HK",
         price=322.4,
@@ -137,30 +63,14 @@ async def test_ticks_for_the_subscribed_symbols_with_bearer_auth(
 
 async def test_unchanged_quotes_are_not_re_emitted(sim: FushuSimulator, make: Make) -> None:
     h = make()
-    h.start("00700.HK", "00005.HK")
-    await eventually(lambda: len(h.ticks) == 2, 5, what="first ticks")
-    n = len(sim.requests)
-    await eventually(lambda: len(sim.requests) >= n + 3, 5, what="three more polls")
-    assert len(h.ticks) == 2
-    assert h.batches[-1] == []  # a successful poll still yields (the watchdog sees life)
-    sim.advance("00700.HK")
-    await eventually(lambda: len(h.ticks) == 3, 5, what="the changed quote")
-    assert h.ticks[-1].symbol == "00700.HK"
+    await poller.only_changes_are_emitted(h, sim, "00700.HK")
     assert h.ticks[-1].price == sim.quotes["00700.HK"]["price"]
 
 
-async def test_subscribe_and_unsubscribe_change_the_polled_set(
-    sim: FushuSimulator, make: Make
-) -> None:
+async def test_subscribe_and_unsubscribe_change_the_polled_set(sim: FushuSimulator, make: Make) -> None:
     h = make(poll_interval_s=30.0)  # a new symbol must be polled at once, not in 30 s
-    h.start("00700.HK")
-    await eventually(lambda: h.ticks, 5, what="first tick")
-    h.feeder.set_symbols(frozenset({"00700.HK", "00005.HK"}))
-    await eventually(lambda: "00005.HK" in h.symbols_seen(), 3, what="new symbol polled")
-    assert sim.requests[-1] == ("00005.HK", "00700.HK")
-    assert "resubscribed" in h.states()
-    h.feeder.set_symbols(frozenset({"00005.HK"}))
-    await eventually(lambda: sim.requests[-1] == ("00005.HK",), 3, what="unsubscribe reaches it")
+    both, remaining = ("00005.HK", "00700.HK"), ("00005.HK",)
+    await poller.symbols_added_and_removed(h, sim, ("00700.HK", "00005.HK"), (both, remaining))
     resub = [d for s, d in h.statuses if s == "resubscribed"]
     assert resub[-1] == {"symbols": 1, "added": [], "removed": ["00700.HK"]}
     # re-adding a symbol emits its (unchanged) quote again at once
@@ -181,9 +91,7 @@ async def test_large_sets_are_split(sim: FushuSimulator, make: Make) -> None:
     assert h.sample("livedata_feeder_frames_total") >= 3
 
 
-async def test_reconnects_after_drops_with_the_same_symbols(
-    sim: FushuSimulator, make: Make
-) -> None:
+async def test_reconnects_after_drops_with_the_same_symbols(sim: FushuSimulator, make: Make) -> None:
     h = make()
     h.start("00700.HK")
     await eventually(lambda: h.ticks, 5, what="first tick")
@@ -203,27 +111,14 @@ async def test_reconnects_after_drops_with_the_same_symbols(
 
 async def test_silent_server_times_out_and_recovers(sim: FushuSimulator, make: Make) -> None:
     h = make(timeout_s=0.3)
-    h.start("00700.HK")
-    await eventually(lambda: h.ticks, 5, what="first tick")
-    sim.silent = True
-    await eventually(lambda: "disconnected" in h.states(), 5, what="timeout noticed")
-    assert not h.feeder.connected
+    await poller.recovers_from_silence(h, sim, "00700.HK")
     assert "TimeoutError" in next(d for s, d in h.statuses if s == "disconnected")["error"]
-    sim.silent = False
-    sim.advance("00700.HK")
-    await eventually(lambda: len(h.ticks) >= 2 and h.feeder.connected, 5, what="recovery")
 
 
 async def test_generator_can_be_closed_and_restarted(sim: FushuSimulator, make: Make) -> None:
     h = make()
-    h.start("00700.HK")
-    await eventually(lambda: h.ticks, 5, what="first tick")
-    await h.stop()
-    assert not h.feeder.connected and h.states()[-1] == "disconnected"
-    h.start()
-    # a fresh generator emits the current snapshot again and reports the hole
-    await eventually(lambda: len(h.ticks) >= 2, 5, what="tick after restart")
-    assert h.states()[-2:] == ["connected", "gap"]
+    await poller.restarts_with_the_snapshot(h)  # a fresh generator emits the current snapshot again
+    assert h.states()[-2:] == ["connected", "gap"]  # and reports the hole
 
 
 async def test_slow_answers_within_the_timeout_are_fine(sim: FushuSimulator, make: Make) -> None:
@@ -253,20 +148,11 @@ async def test_bad_items_are_counted_and_skipped(sim: FushuSimulator, make: Make
 
 
 async def test_garbage_body_counts_and_backs_off(sim: FushuSimulator, make: Make) -> None:
-    h = make()
-    h.start("00700.HK")
-    await eventually(lambda: h.ticks, 5, what="first tick")
-    sim.garbage_body = True
-    await eventually(lambda: "disconnected" in h.states(), 5, what="garbage treated as failure")
-    assert h.sample("livedata_feeder_malformed_total", reason="bad_response") >= 1
-    sim.garbage_body = False
-    await eventually(lambda: h.states()[-1] == "gap", 5, what="recovery")
+    await poller.garbage_body_backs_off(make(), sim)
 
 
 @pytest.mark.parametrize("status", [503, 429])
-async def test_server_errors_back_off_and_recover(
-    sim: FushuSimulator, make: Make, status: int
-) -> None:
+async def test_server_errors_back_off_and_recover(sim: FushuSimulator, make: Make, status: int) -> None:
     sim.fail_status = status
     sim.retry_after = "0.05" if status == 429 else None
     h = make()
@@ -279,9 +165,7 @@ async def test_server_errors_back_off_and_recover(
     await eventually(lambda: h.ticks, 5, what="recovery")
 
 
-async def test_wrong_key_is_a_config_error_naming_the_setting(
-    sim: FushuSimulator, make: Make
-) -> None:
+async def test_wrong_key_is_a_config_error_naming_the_setting(sim: FushuSimulator, make: Make) -> None:
     h = make(api_key="wrong")
     h.start("00700.HK")
     assert h.task is not None

@@ -3,84 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
 from services.feeder_gateway.feeders.base import FeederConfigError, FeederContext, FeederMetrics
 from services.feeder_gateway.feeders.tencent.feeder import TencentFeeder, TencentSettings
-from shared.dto import PriceUpdate
 from shared.metrics import ServiceMetrics
 from shared.symbols import Market
 from tests.helpers import eventually
+from tests.service import poller_helpers as poller
 from tests.simulators.tencent import TencentSimulator
 
-
-class Harness:
-    """A feeder plus a task draining its generator into ``ticks`` / ``batches``."""
-
-    def __init__(self, url: str, **overrides: Any) -> None:
-        settings: dict[str, Any] = {
-            "base_url": url,
-            "poll_interval_s": 0.05,
-            "poll_jitter_s": 0.0,
-            "min_poll_gap_s": 0.0,
-            "timeout_s": 1.0,
-            "backoff_base_s": 0.02,
-            "backoff_cap_s": 0.1,
-            "rate_limited_pause_s": 0.05,
-        }
-        settings.update(overrides)
-        self.statuses: list[tuple[str, dict[str, Any]]] = []
-        self.service_metrics = ServiceMetrics("test")
-        ctx = FeederContext(
-            name="tencent",
-            market=Market.HK,
-            emit_status=lambda state, detail: self.statuses.append((state, detail)),
-            metrics=FeederMetrics(self.service_metrics),
-        )
-        self.feeder = TencentFeeder(TencentSettings.model_validate(settings), ctx)
-        self.batches: list[list[PriceUpdate]] = []
-        self.ticks: list[PriceUpdate] = []
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self, *symbols: str) -> None:
-        if symbols:
-            self.feeder.set_symbols(frozenset(symbols))
-        self.task = asyncio.create_task(self._run(), name="tencent-test-pump")
-
-    async def _run(self) -> None:
-        gen = self.feeder.ticks()
-        async with contextlib.aclosing(gen):
-            async for batch in gen:
-                self.batches.append(batch)
-                self.ticks.extend(batch)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
-
-    def states(self) -> list[str]:
-        return [s for s, _ in self.statuses]
-
-    def sample(self, name: str, **labels: str) -> float:
-        registry = self.service_metrics.registry
-        return registry.get_sample_value(name, {"source": "tencent", **labels}) or 0.0
-
-    def malformed(self, reason: str) -> float:
-        return self.sample("livedata_feeder_malformed_total", reason=reason)
-
-    def symbols_seen(self) -> set[str]:
-        return {t.symbol for t in self.ticks}
-
-
-Make = Callable[..., Harness]
+Make = Callable[..., poller.PollerHarness[TencentFeeder]]
 
 
 @pytest.fixture
@@ -91,16 +27,8 @@ async def sim() -> AsyncIterator[TencentSimulator]:
 
 @pytest.fixture
 async def make(sim: TencentSimulator) -> AsyncIterator[Make]:
-    made: list[Harness] = []
-
-    def factory(url: str | None = None, **overrides: Any) -> Harness:
-        h = Harness(url or sim.url, **overrides)
-        made.append(h)
-        return h
-
-    yield factory
-    for h in made:
-        await h.stop()
+    async with poller.harnesses(TencentFeeder, "tencent", sim.url) as factory:
+        yield factory
 
 
 async def test_ticks_carry_the_quote_time_in_utc_and_are_delayed(
@@ -144,15 +72,7 @@ async def test_ticks_carry_the_quote_time_in_utc_and_are_delayed(
 
 async def test_unchanged_quotes_are_not_re_emitted(sim: TencentSimulator, make: Make) -> None:
     h = make()
-    h.start("00700.HK", "00005.HK")
-    await eventually(lambda: len(h.ticks) == 2, 5, what="first ticks")
-    n = len(sim.requests)
-    await eventually(lambda: len(sim.requests) >= n + 3, 5, what="three more polls")
-    assert len(h.ticks) == 2
-    assert h.batches[-1] == []  # a successful poll still yields: the watchdog sees life
-    sim.advance("r_hk00700")
-    await eventually(lambda: len(h.ticks) == 3, 5, what="the changed quote")
-    assert h.ticks[-1].symbol == "00700.HK"
+    await poller.only_changes_are_emitted(h, sim, "r_hk00700")
     assert h.ticks[-1].price == pytest.approx(sim.quotes["r_hk00700"].last)
     # volume alone changing (a trade at the same price, same second) is a new quote too
     sim.quotes["r_hk00005"].volume += 100
@@ -177,13 +97,8 @@ async def test_subscribe_and_unsubscribe_change_the_polled_codes(
     sim: TencentSimulator, make: Make
 ) -> None:
     h = make(poll_interval_s=30.0)  # a new symbol must be polled at once, not in 30 s
-    h.start("00700.HK")
-    await eventually(lambda: h.ticks, 5, what="first tick")
-    h.feeder.set_symbols(frozenset({"00700.HK", "09988.HK"}))
-    await eventually(lambda: "09988.HK" in h.symbols_seen(), 3, what="new symbol polled")
-    assert sim.requests[-1] == ("r_hk00700", "r_hk09988")
-    h.feeder.set_symbols(frozenset({"09988.HK"}))
-    await eventually(lambda: sim.requests[-1] == ("r_hk09988",), 3, what="unsubscribe")
+    codes = (("r_hk00700", "r_hk09988"), ("r_hk09988",))
+    await poller.symbols_added_and_removed(h, sim, ("00700.HK", "09988.HK"), codes)
     resub = [d for s, d in h.statuses if s == "resubscribed"]
     assert resub == [
         {"symbols": 2, "added": ["09988.HK"], "removed": []},
@@ -239,25 +154,12 @@ async def test_reconnects_after_drops_with_the_same_codes(
 
 
 async def test_silent_server_times_out_and_recovers(sim: TencentSimulator, make: Make) -> None:
-    h = make(timeout_s=0.3)
-    h.start("00700.HK")
-    await eventually(lambda: h.ticks, 5, what="first tick")
-    sim.silent = True
-    await eventually(lambda: "disconnected" in h.states(), 5, what="timeout noticed")
-    assert not h.feeder.connected
-    sim.silent = False
-    sim.advance()
-    await eventually(lambda: len(h.ticks) >= 2 and h.feeder.connected, 5, what="recovery")
+    await poller.recovers_from_silence(make(timeout_s=0.3), sim, None)
 
 
 async def test_generator_can_be_closed_and_restarted(sim: TencentSimulator, make: Make) -> None:
     h = make()
-    h.start("00700.HK")
-    await eventually(lambda: h.ticks, 5, what="first tick")
-    await h.stop()
-    assert not h.feeder.connected and h.states()[-1] == "disconnected"
-    h.start()
-    await eventually(lambda: len(h.ticks) >= 2, 5, what="snapshot after restart")
+    await poller.restarts_with_the_snapshot(h)
     assert h.ticks[1].timestamp == h.ticks[0].timestamp
     assert h.states()[-3:] == ["connected", "gap", "delayed"]
 
@@ -277,14 +179,7 @@ async def test_garbage_lines_are_counted_and_skipped(sim: TencentSimulator, make
 
 
 async def test_garbage_body_counts_and_backs_off(sim: TencentSimulator, make: Make) -> None:
-    h = make()
-    h.start("00700.HK")
-    await eventually(lambda: h.ticks, 5, what="first tick")
-    sim.garbage_body = True
-    await eventually(lambda: "disconnected" in h.states(), 5, what="garbage is a failure")
-    assert h.malformed("bad_response") >= 1
-    sim.garbage_body = False
-    await eventually(lambda: h.states()[-1] == "gap", 5, what="recovery")
+    await poller.garbage_body_backs_off(make(), sim)
 
 
 async def test_ban_403_pauses_then_recovers(sim: TencentSimulator, make: Make) -> None:

@@ -11,9 +11,6 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
-import struct
-import time
 import zlib
 from datetime import UTC, datetime
 from typing import Any
@@ -21,21 +18,21 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from tests.simulators.http_fakes import FakeHttpServer, serve_until_interrupted
+
 HK_TZ = ZoneInfo("Asia/Hong_Kong")
 
 
-class FushuSimulator:
+class FushuSimulator(FakeHttpServer):
     """An in-process FuShu endpoint on 127.0.0.1 with switches the tests flip.
 
     State: ``quotes`` holds each symbol's current item (a plain dict, so a test can put
     anything in it); a requested HK symbol without one gets a deterministic quote.
     Records: ``requests`` (the symbols each request asked for, in order) and
     ``auth_headers`` (the Authorization header of each request).
-    Faults: ``reject_auth`` (401), ``ban(seconds)`` (403 for a while), ``fail_status``
-    (answer every request with that HTTP status, e.g. 503 or 429), ``drop_next`` (reset
-    the next N connections without an answer), ``silent`` (hold requests open, never
-    answer), ``slow_s`` (answer late), ``garbage_body`` (non-JSON body), ``bad_items``
-    (extra malformed items appended to ``data``), ``unknown_symbols`` (left out).
+    Faults, besides those of FakeHttpServer: ``reject_auth`` (401), ``fail_status`` with
+    ``retry_after`` (e.g. 429 with a ``Retry-After``), ``garbage_body`` (non-JSON body),
+    ``bad_items`` (extra malformed items appended to ``data``), ``unknown_symbols`` (left out).
     """
 
     def __init__(
@@ -46,33 +43,20 @@ class FushuSimulator:
         naive_timestamps: bool = False,
         auto_advance: bool = False,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.seed = seed
         self.naive_timestamps = naive_timestamps
         self.auto_advance = auto_advance
         self.quotes: dict[str, dict[str, Any]] = {}
-        self.requests: list[tuple[str, ...]] = []
         self.auth_headers: list[str | None] = []
         self.reject_auth = False
-        self.fail_status: int | None = None
         self.retry_after: str | None = None
-        self.drop_next = 0
-        self.silent = False
-        self.slow_s = 0.0
-        self.garbage_body = False
         self.bad_items: list[Any] = []
         self.unknown_symbols: set[str] = set()
-        self.url = ""
-        self._banned_until = 0.0
-        self._release = asyncio.Event()
         self._rng = random.Random(seed)
-        self._runner: web.AppRunner | None = None
 
     # -- control ---------------------------------------------------------------------
-
-    def ban(self, seconds: float) -> None:
-        """Answer 403 for the next ``seconds``."""
-        self._banned_until = time.monotonic() + seconds
 
     def _stamp(self, at: datetime | None = None) -> str:
         at = at or datetime.now(UTC)
@@ -115,26 +99,18 @@ class FushuSimulator:
             )
             self.quotes[sym] = item
 
-    def requested(self) -> set[str]:
-        """Every symbol any request asked for."""
-        return {s for req in self.requests for s in req}
-
     # -- server ----------------------------------------------------------------------
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/tick", self._tick)
 
     async def _tick(self, request: web.Request) -> web.StreamResponse:
         raw = request.query.get("symbols", "")
         symbols = tuple(s for s in raw.split(",") if s)
         self.requests.append(symbols)
         self.auth_headers.append(request.headers.get("Authorization"))
-        if self.drop_next > 0:
-            self.drop_next -= 1
-            _reset(request)
-        if self.silent:
-            await self._release.wait()
-            _reset(request)
-        if self.slow_s:
-            await asyncio.sleep(self.slow_s)
-        if time.monotonic() < self._banned_until:
+        await self._faults(request)
+        if self.banned:
             return web.json_response({"error": "forbidden"}, status=403)
         if self.reject_auth or request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": "invalid token"}, status=401)
@@ -159,43 +135,6 @@ class FushuSimulator:
         body = json.dumps({"data": data}).encode()
         return web.Response(body=body, content_type="application/json")
 
-    async def start(self, port: int = 0) -> None:
-        app = web.Application()
-        app.router.add_get("/tick", self._tick)
-        self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        host, bound = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{bound}"
-
-    async def stop(self) -> None:
-        self._release.set()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> FushuSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-
-def _reset(request: web.Request) -> None:
-    """Drop the connection with a TCP reset and abandon the handler (no answer at all)."""
-    transport = request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    raise asyncio.CancelledError  # aiohttp ends a cancelled handler quietly
-
 
 async def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -203,12 +142,7 @@ async def _main() -> None:
     parser.add_argument("--key", default="sim-key")
     args = parser.parse_args()
     sim = FushuSimulator(args.key, auto_advance=True)
-    await sim.start(args.port)
-    print(f"fushu simulator on {sim.url} (key {args.key!r})", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await sim.stop()
+    await serve_until_interrupted(sim, args.port, f"fushu simulator (key {args.key!r})")
 
 
 if __name__ == "__main__":

@@ -14,15 +14,14 @@ import asyncio
 import contextlib
 import random
 import re
-import socket
-import struct
-import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+
+from tests.simulators.http_fakes import FakeHttpServer, serve_until_interrupted
 
 HK_TZ = ZoneInfo("Asia/Hong_Kong")
 FIELD_COUNT = 75
@@ -97,13 +96,11 @@ def quote_line(code: str, q: TencentQuote) -> str:
     return f'v_{code}="{"~".join(f)}";'
 
 
-class TencentSimulator:
+class TencentSimulator(FakeHttpServer):
     """An in-process qt.gtimg.cn on 127.0.0.1 with switches the tests flip.
 
     Records: ``requests`` (the codes each request asked for, in order), ``paths``.
-    Faults: ``ban(seconds)`` (HTTP 403 for a while, Tencent's throttle), ``fail_status``
-    (answer every request with that status), ``drop_next`` (reset the next N connections
-    without an answer), ``silent`` (hold requests open, never answer), ``slow_s``,
+    Faults, besides those of FakeHttpServer (``ban`` is Tencent's throttle, HTTP 403):
     ``garbage_lines`` (malformed lines mixed into every answer), ``garbage_body`` (an
     answer with no quote line at all), ``unknown_codes`` (answered with the no-match line).
     """
@@ -111,30 +108,17 @@ class TencentSimulator:
     def __init__(
         self, *, seed: int = 1, quote_delay_s: float = 900.0, auto_advance: bool = False
     ) -> None:
+        super().__init__()
         self.seed = seed
         self.quote_delay_s = quote_delay_s
         self.auto_advance = auto_advance
         self.quotes: dict[str, TencentQuote] = {}
-        self.requests: list[tuple[str, ...]] = []
         self.paths: list[str] = []
         self.unknown_codes: set[str] = set()
-        self.fail_status: int | None = None
-        self.drop_next = 0
-        self.silent = False
-        self.slow_s = 0.0
         self.garbage_lines: list[str] = []
-        self.garbage_body = False
-        self.url = ""
-        self._banned_until = 0.0
-        self._release = asyncio.Event()
         self._rng = random.Random(seed)
-        self._runner: web.AppRunner | None = None
 
     # -- control ---------------------------------------------------------------------
-
-    def ban(self, seconds: float) -> None:
-        """Answer 403 for the next ``seconds``."""
-        self._banned_until = time.monotonic() + seconds
 
     def _now_field(self) -> str:
         at = datetime.now(UTC) - timedelta(seconds=self.quote_delay_s)
@@ -182,11 +166,10 @@ class TencentSimulator:
             q.high, q.low = max(q.high, q.last), min(q.low, q.last)
             q.time = self._now_field()
 
-    def requested(self) -> set[str]:
-        """Every code any request asked for."""
-        return {c for req in self.requests for c in req}
-
     # -- server ----------------------------------------------------------------------
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/{tail:.*}", self._handle)
 
     def _body(self, codes: tuple[str, ...], encoding: str) -> bytes:
         lines: list[str] = []
@@ -209,15 +192,8 @@ class TencentSimulator:
             return web.Response(status=404, text="not found")
         codes = tuple(c for c in query.split(",") if c)
         self.requests.append(codes)
-        if self.drop_next > 0:
-            self.drop_next -= 1
-            _reset(request)
-        if self.silent:
-            await self._release.wait()
-            _reset(request)
-        if self.slow_s:
-            await asyncio.sleep(self.slow_s)
-        if time.monotonic() < self._banned_until:
+        await self._faults(request)
+        if self.banned:
             return web.Response(status=403, text="403 Forbidden")
         if self.fail_status is not None:
             return web.Response(status=self.fail_status, text="error")
@@ -229,55 +205,12 @@ class TencentSimulator:
         charset = "UTF-8" if encoding == "utf-8" else "GBK"
         return web.Response(body=body, headers={"Content-Type": f"text/html; charset={charset}"})
 
-    async def start(self, port: int = 0) -> None:
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
-        await site.start()
-        host, bound = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{bound}"
-
-    async def stop(self) -> None:
-        self._release.set()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> TencentSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-
-def _reset(request: web.Request) -> None:
-    """Drop the connection with a TCP reset and abandon the handler (no answer at all)."""
-    transport = request.transport
-    if transport is not None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        transport.abort()
-    raise asyncio.CancelledError  # aiohttp ends a cancelled handler quietly
-
 
 async def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8082)
     args = parser.parse_args()
-    sim = TencentSimulator(auto_advance=True)
-    await sim.start(args.port)
-    print(f"tencent simulator on {sim.url}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await sim.stop()
+    await serve_until_interrupted(TencentSimulator(auto_advance=True), args.port, "tencent simulator")
 
 
 if __name__ == "__main__":
