@@ -52,7 +52,7 @@ class LiveDataClient:
         self.node_id = node_id
         self.topics = topics or Topics()
         self.lease_s = lease_s
-        self._kafka = kafka or KafkaSettings(bootstrap_servers=bootstrap_servers, linger_ms=0)
+        self._kafka = kafka or KafkaSettings(bootstrap_servers=bootstrap_servers)
         self._publisher = KafkaPublisher(self._kafka, f"livedata-client-{portfolio_id}-{node_id}")
         self._consumer: AIOKafkaConsumer | None = None
         self._symbols: set[str] = set()
@@ -74,9 +74,7 @@ class LiveDataClient:
         try:
             await self._publisher.start()
             self._consumer = AIOKafkaConsumer(
-                **consumer_options(
-                    self._kafka, f"livedata-client-{self.portfolio_id}-{self.node_id}", fetch_max_wait_ms=5
-                )
+                **consumer_options(self._kafka, f"livedata-client-{self.portfolio_id}-{self.node_id}")
             )
             await self._consumer.start()
             tps = await assign_all(self._consumer, self.topics.market_data)

@@ -45,7 +45,7 @@ def consumer_options(k: KafkaSettings, client_id: str, **extra: Any) -> dict[str
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
-        "fetch_max_wait_ms": 50,
+        "fetch_max_wait_ms": k.fetch_max_wait_ms,
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
     }

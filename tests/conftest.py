@@ -69,7 +69,7 @@ async def topics(kafka_bootstrap: str) -> AsyncIterator[Topics]:
 
 
 FAST_KAFKA = {
-    "linger_ms": 1,
+    "linger_ms": 0,
     "session_timeout_ms": 2000,
     "heartbeat_interval_ms": 300,
     "partitions": {"market_data": 3},

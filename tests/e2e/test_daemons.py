@@ -90,7 +90,7 @@ async def system(
     live = {
         "kafka": {
             "bootstrap_servers": kafka_bootstrap,
-            "linger_ms": 1,
+            "linger_ms": 0,
             "session_timeout_ms": 2000,
             "heartbeat_interval_ms": 300,
         },

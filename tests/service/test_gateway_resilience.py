@@ -95,7 +95,7 @@ async def test_silent_primary_fails_over_within_2s_and_back(
 
 def _write_config(d: Path, bootstrap: str, prefix: str, **sections: Any) -> AppConfig:
     live = {
-        "kafka": {"bootstrap_servers": bootstrap, "linger_ms": 1, "request_timeout_ms": 5000},
+        "kafka": {"bootstrap_servers": bootstrap, "linger_ms": 0, "request_timeout_ms": 5000},
         "topics": {"prefix": prefix},
         **sections,
     }
