@@ -218,29 +218,54 @@ class Inbox:
     ) -> None:
         self._dead = dead_letters
         self._metrics = metrics
-        self._accepts = accepts
-        self._ignores = ignores or {}
+        self._accepts = {t: frozenset(types) for t, types in accepts.items()}
+        self._ignores = {t: frozenset(types) for t, types in (ignores or {}).items()}
 
     async def decode(
-        self, records: Iterable[ConsumerRecord[bytes, bytes]]
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> list[tuple[ConsumerRecord[bytes, bytes], Message]]:
+        """Decode what ``getmany`` returned; keep each record beside its message."""
         out: list[tuple[ConsumerRecord[bytes, bytes], Message]] = []
-        counts: dict[str, int] = {}
-        for rec in records:
-            counts[rec.topic] = counts.get(rec.topic, 0) + 1
-            try:
-                msg = decode(rec.value or b"")
-            except DecodeError as e:
-                await self._dead.send(rec, f"undecodable: {e}")
-                continue
-            accepted = self._accepts.get(rec.topic, ())
-            if isinstance(msg, accepted):
-                out.append((rec, msg))
-            elif not isinstance(msg, self._ignores.get(rec.topic, ())):
-                await self._dead.send(rec, f"unexpected message type {type(msg).__name__} on this topic")
-        for topic, n in counts.items():
-            self._metrics.messages_in.labels(topic).inc(n)
+        for tp, records in batches.items():
+            accepted = self._accepts.get(tp.topic, frozenset())
+            for rec in records:
+                msg = await self._one(rec, accepted)
+                if msg is not None:
+                    out.append((rec, msg))
+            self._metrics.messages_in.labels(tp.topic).inc(len(records))
         return out
+
+    async def messages(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[Message]:
+        """Decode what ``getmany`` returned; just the accepted messages (the hot path)."""
+        out: list[Message] = []
+        append = out.append
+        for tp, records in batches.items():
+            accepted = self._accepts.get(tp.topic, frozenset())
+            for rec in records:
+                try:
+                    msg = decode(rec.value or b"")
+                except DecodeError:
+                    msg = None
+                if msg is not None and type(msg) in accepted:
+                    append(msg)
+                else:  # the rare path: find out what is wrong and dead-letter it
+                    msg = await self._one(rec, accepted)
+                    if msg is not None:
+                        append(msg)
+            self._metrics.messages_in.labels(tp.topic).inc(len(records))
+        return out
+
+    async def _one(self, rec: ConsumerRecord[bytes, bytes], accepted: frozenset[type[Message]]) -> Message | None:
+        try:
+            msg = decode(rec.value or b"")
+        except DecodeError as e:
+            await self._dead.send(rec, f"undecodable: {e}")
+            return None
+        if type(msg) in accepted:
+            return msg
+        if type(msg) not in self._ignores.get(rec.topic, frozenset()):
+            await self._dead.send(rec, f"unexpected message type {type(msg).__name__} on this topic")
+        return None
 
 
 async def assign_all(consumer: AIOKafkaConsumer, topic: str, wait_s: float = 30.0) -> list[TopicPartition]:

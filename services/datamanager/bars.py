@@ -29,17 +29,11 @@ class _Ohlcv:
     volume: float = 0.0
     amount: float = 0.0
 
-    def add(self, price: float, volume: float, amount: float) -> None:
-        self.high = max(self.high, price)
-        self.low = min(self.low, price)
-        self.close = price
-        self.volume += volume
-        self.amount += amount
-
 
 @dataclass(slots=True)
 class _SymbolBars:
     market: Market
+    jump_limit: float
     day: date | None = None
     day_start: float = 0.0  # epoch of the trading day's local midnight
     day_end: float = 0.0
@@ -71,7 +65,8 @@ class BarAggregator:
     def _state(self, symbol: str) -> _SymbolBars:
         st = self._symbols.get(symbol)
         if st is None:
-            st = self._symbols[symbol] = _SymbolBars(market_of(symbol))
+            market = market_of(symbol)
+            st = self._symbols[symbol] = _SymbolBars(market, JUMP_LIMITS[market])
         return st
 
     def _reject(self, reason: str) -> str:
@@ -79,58 +74,79 @@ class BarAggregator:
         return reason
 
     def on_tick(self, t: PriceUpdate) -> str | None:
+        # The hot path of the datamanager: locals and inlined updates on purpose.
         price = t.price
         if not price > 0:
             return self._reject("non_positive_price")
-        if (t.volume is not None and t.volume < 0) or (t.last_size is not None and t.last_size < 0):
+        volume = t.volume
+        size = t.last_size
+        if (volume is not None and volume < 0) or (size is not None and size < 0):
             return self._reject("negative_volume")
-        st = self._state(t.symbol)
+        symbol = t.symbol
+        st = self._symbols.get(symbol)
+        if st is None:
+            st = self._state(symbol)
         ts = t.timestamp.timestamp()
         if ts < st.last_ts:
             return self._reject("time_backwards")
-        if st.last_price and abs(price / st.last_price - 1.0) > JUMP_LIMITS[st.market]:
+        last_price = st.last_price
+        if last_price and abs(price / last_price - 1.0) > st.jump_limit:
             return self._reject("implausible_jump")
         if ts >= st.day_end:
             self._new_day(st, ts)
         # volume and amount traded since the previous tick
-        if t.volume is not None:
+        if volume is not None:
             prev = st.last_cum_volume
-            dv = t.volume - prev if prev is not None and t.volume >= prev else 0.0
-            st.last_cum_volume = t.volume
-            if t.amount is not None:
+            dv = volume - prev if prev is not None and volume >= prev else 0.0
+            st.last_cum_volume = volume
+            amount = t.amount
+            if amount is not None:
                 prev_a = st.last_cum_amount
-                da = t.amount - prev_a if prev_a is not None and t.amount >= prev_a else 0.0
-                st.last_cum_amount = t.amount
+                da = amount - prev_a if prev_a is not None and amount >= prev_a else 0.0
+                st.last_cum_amount = amount
             else:
                 da = dv * price
         else:
-            dv = t.last_size or 0.0
+            amount = None
+            dv = size or 0.0
             da = dv * price
         st.last_ts = ts
         st.last_price = price
         st.source = t.source
         minute_start = ts - ts % 60.0
         m = st.minute
-        if m is None or m.start != minute_start:
-            if m is not None:
-                self._close_minute(t.symbol, st)
-            st.minute = _Ohlcv(minute_start, price, price, price, price, dv, da)
-            self._open_minutes.setdefault(minute_start, set()).add(t.symbol)
+        if m is not None and m.start == minute_start:
+            if price > m.high:
+                m.high = price
+            elif price < m.low:
+                m.low = price
+            m.close = price
+            m.volume += dv
+            m.amount += da
         else:
-            m.add(price, dv, da)
+            if m is not None:
+                self._close_minute(symbol, st)
+            st.minute = _Ohlcv(minute_start, price, price, price, price, dv, da)
+            self._open_minutes.setdefault(minute_start, set()).add(symbol)
         d = st.daily
         if d is None:
             opening = t.open_price if t.open_price is not None else price
             st.daily = d = _Ohlcv(st.day_start, opening, max(opening, price), min(opening, price), price)
-        d.add(price, dv, da)
-        if t.volume is not None:  # the day's cumulative figures are the truth when known
-            d.volume = t.volume
-            if t.amount is not None:
-                d.amount = t.amount
-        if t.high_price is not None and t.high_price > d.high:
-            d.high = t.high_price
-        if t.low_price is not None and 0 < t.low_price < d.low:
-            d.low = t.low_price
+        high = t.high_price
+        if high is None or high < price:
+            high = price
+        d.high = max(d.high, high)
+        low = t.low_price
+        if low is None or low <= 0 or low > price:
+            low = price
+        d.low = min(d.low, low)
+        d.close = price
+        if volume is not None:  # the day's cumulative figures are the truth when known
+            d.volume = volume
+            d.amount = amount if amount is not None else d.amount + da
+        else:
+            d.volume += dv
+            d.amount += da
         self.ticks += 1
         return None
 

@@ -131,9 +131,8 @@ class DataManager(Service):
             await consumer.seek_to_beginning(*tps)
             while not stop.is_set():
                 batches = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
-                records = [r for rs in batches.values() for r in rs]
                 changed: set[Market] = set()
-                for rec, msg in await self.inbox.decode(records):
+                for rec, msg in await self.inbox.decode(batches):
                     assert isinstance(msg, InterestUpdate)
                     try:
                         self.registry.validate(msg)
@@ -202,17 +201,15 @@ class DataManager(Service):
                 await _mark_ready(consumer, self.ticks_ready)
                 if not batches:
                     continue
-                records = [r for rs in batches.values() for r in rs]
                 now = time.time()
-                latency = 0.0
                 on_tick = self.bars.on_tick
-                for _, msg in await self.inbox.decode(records):
-                    tick: PriceUpdate = msg  # type: ignore[assignment]
-                    reason = on_tick(tick)
+                ticks = await self.inbox.messages(batches)
+                for tick in ticks:
+                    reason = on_tick(tick)  # type: ignore[arg-type]
                     if reason is not None:
                         rejected[reason] = rejected.get(reason, 0) + 1
-                    latency = now - tick.timestamp.timestamp()
-                self._latency.observe(max(latency, 0.0))  # one sample per batch: its newest tick
+                if ticks:  # one latency sample per batch: its newest tick
+                    self._latency.observe(max(now - ticks[-1].timestamp.timestamp(), 0.0))
                 for reason, n in rejected.items():
                     self._rejected.labels(reason).inc(n)
                 rejected.clear()
@@ -239,8 +236,7 @@ class DataManager(Service):
                 await _mark_ready(consumer, self.commands_ready)
                 if not batches:
                     continue
-                records = [r for rs in batches.values() for r in rs]
-                for _, msg in await self.inbox.decode(records):
+                for msg in await self.inbox.messages(batches):
                     cmd: ControlCommand = msg  # type: ignore[assignment]
                     why_not = self.desk.should_run(cmd)
                     if why_not is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer
 
@@ -44,16 +44,15 @@ class SubscriptionWatcher:
             await consumer.seek_to_beginning(*tps)
             while not stop.is_set():
                 batches = await consumer.getmany(*tps, timeout_ms=200, max_records=1000)
-                records = [r for rs in batches.values() for r in rs]
-                if records:
-                    self._on_messages([m for _, m in await self._inbox.decode(records)])
+                if batches:
+                    self._on_messages(await self._inbox.messages(batches))
                 if not self.caught_up.is_set() and await at_end(consumer, tps):
                     self.caught_up.set()
                     log.info("subscriptions loaded", extra=kv(markets=len(self.desired)))
         finally:
             await consumer.stop()
 
-    def _on_messages(self, messages: list[object]) -> None:
+    def _on_messages(self, messages: Sequence[object]) -> None:
         latest: dict[Market, frozenset[str]] = {}
         for m in messages:
             if isinstance(m, Subscription):
