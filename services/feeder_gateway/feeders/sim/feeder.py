@@ -38,13 +38,13 @@ _LOT = {Market.CN: 100, Market.HK: 100, Market.US: 1}
 
 @dataclass(slots=True)
 class _Walk:
-    last: float
-    open: float
-    high: float
-    low: float
-    volume: float
-    amount: float
-    credit: float  # ticks owed; a random start spreads symbols over steps
+    cents: int  # last price in cents
+    open: int
+    high: int
+    low: int
+    volume: int  # day cumulative, shares
+    amount_cents: int  # day cumulative turnover, cents
+    credit: float  # ticks owed
     day: object
 
 
@@ -59,10 +59,10 @@ class SimFeeder(Feeder[SimSettings]):
     def stale_after_s(self) -> float | None:
         return self.settings.stale_after_s
 
-    def _start_price(self, symbol: str) -> float:
+    def _start_cents(self, symbol: str) -> int:
         lo, hi = _PRICE_RANGE[self.ctx.market]
         r = random.Random(zlib.crc32(symbol.encode()) ^ self.settings.seed)
-        return round(r.uniform(lo, hi), 2)
+        return round(r.uniform(lo, hi) * 100)
 
     async def ticks(self) -> AsyncIterator[list[PriceUpdate]]:
         s = self.settings
@@ -88,8 +88,8 @@ class SimFeeder(Feeder[SimSettings]):
                             del walks[sym]
                     for sym in wanted:
                         if sym not in walks:
-                            p = self._start_price(sym)
-                            walks[sym] = _Walk(p, p, p, p, 0.0, 0.0, 1.0, None)
+                            c = self._start_cents(sym)
+                            walks[sym] = _Walk(c, c, c, c, 0, 0, 1.0, None)
                             # a new symbol ticks at once: interest → first tick is fast
                 if not walks:
                     await self.symbols_changed.wait()
@@ -98,41 +98,45 @@ class SimFeeder(Feeder[SimSettings]):
                 now = utcnow()
                 day = trading_day(market, now)
                 batch: list[PriceUpdate] = []
+                append = batch.append
                 gauss = rng.gauss
-                randint = rng.randint
+                rand = rng.random
                 for sym, w in walks.items():
                     w.credit += per_step
                     if w.credit < 1.0:
                         continue
                     if w.day != day:  # a new trading day: the day's figures restart
-                        w.day, w.open, w.high, w.low = day, w.last, w.last, w.last
-                        w.volume = w.amount = 0.0
+                        w.day, w.open, w.high, w.low = day, w.cents, w.cents, w.cents
+                        w.volume = w.amount_cents = 0
+                    # integer cents: exact prices and cheap arithmetic on the hot path
                     while w.credit >= 1.0:
                         w.credit -= 1.0
-                        price = round(max(0.01, w.last * (1.0 + gauss(0.0, vol))), 2)
-                        size = float(randint(1, 20) * lot)
-                        w.last = price
-                        w.high = max(w.high, price)
-                        w.low = min(w.low, price)
+                        cents = max(1, w.cents + round(w.cents * gauss(0.0, vol)))
+                        size = (1 + int(rand() * 20)) * lot
+                        w.cents = cents
+                        if cents > w.high:
+                            w.high = cents
+                        elif cents < w.low:
+                            w.low = cents
                         w.volume += size
-                        w.amount += size * price
-                        batch.append(
+                        w.amount_cents += size * cents
+                        append(
                             PriceUpdate(
                                 symbol=sym,
-                                price=price,
+                                price=cents / 100,
                                 timestamp=now,
                                 source=name,
-                                volume=w.volume,
-                                amount=round(w.amount, 2),
-                                bid_price=round(price - 0.01, 2),
-                                ask_price=round(price + 0.01, 2),
-                                bid_volume=float(randint(1, 50) * lot),
-                                ask_volume=float(randint(1, 50) * lot),
-                                open_price=w.open,
-                                high_price=w.high,
-                                low_price=w.low,
+                                volume=float(w.volume),
+                                amount=w.amount_cents / 100,
+                                bid_price=(cents - 1) / 100,
+                                ask_price=(cents + 1) / 100,
+                                bid_volume=float((1 + int(rand() * 50)) * lot),
+                                ask_volume=float((1 + int(rand() * 50)) * lot),
+                                open_price=w.open / 100,
+                                high_price=w.high / 100,
+                                low_price=w.low / 100,
                                 receive_time=now,
-                                last_size=size,
+                                last_size=float(size),
                             )
                         )
                 if batch:
