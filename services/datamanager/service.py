@@ -195,11 +195,16 @@ class DataManager(Service):
         )
         await consumer.start()
         rejected: dict[str, int] = {}
+        next_commit = 0.0
+        uncommitted = False
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
                 await _mark_ready(consumer, self.ticks_ready)
                 if not batches:
+                    if uncommitted:
+                        await consumer.commit()
+                        uncommitted = False
                     continue
                 now = time.time()
                 on_tick = self.bars.on_tick
@@ -213,6 +218,15 @@ class DataManager(Service):
                 for reason, n in rejected.items():
                     self._rejected.labels(reason).inc(n)
                 rejected.clear()
+                # committing once a second (and on stop) saves a broker round trip per fetch;
+                # ticks redelivered after a crash are older than the bars' state (dropped as
+                # time_backwards) or exact repeats (dropped as duplicate)
+                uncommitted = True
+                if now >= next_commit:
+                    await consumer.commit()
+                    uncommitted = False
+                    next_commit = now + 1.0
+            if uncommitted:
                 await consumer.commit()
         finally:
             await consumer.stop()

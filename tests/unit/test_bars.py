@@ -77,7 +77,15 @@ def test_quality_rejections_are_counted() -> None:
     assert agg.on_tick(tick("AAPL", 10.0, T)) is None
     assert agg.on_tick(tick("AAPL", 10.0, T - timedelta(seconds=1))) == "time_backwards"
     assert agg.on_tick(tick("AAPL", 30.0, T)) == "implausible_jump"
-    assert agg.rejected == {"non_positive_price": 1, "negative_volume": 1, "time_backwards": 1, "implausible_jump": 1}
+    assert agg.on_tick(tick("AAPL", 10.0, T)) == "duplicate"
+    assert agg.on_tick(tick("AAPL", 10.01, T)) is None  # same instant, another price: a real tick
+    assert agg.rejected == {
+        "non_positive_price": 1,
+        "negative_volume": 1,
+        "time_backwards": 1,
+        "implausible_jump": 1,
+        "duplicate": 1,
+    }
 
 
 def test_close_due_closes_on_a_timer() -> None:

@@ -89,8 +89,11 @@ class SimFeeder(Feeder[SimSettings]):
                     for sym in wanted:
                         if sym not in walks:
                             c = self._start_cents(sym)
-                            walks[sym] = _Walk(c, c, c, c, 0, 0, 1.0, None)
-                            # a new symbol ticks at once: interest → first tick is fast
+                            # a new symbol ticks at the next step (interest → first tick is
+                            # fast), then at a random phase so symbols do not tick in lockstep
+                            walks[sym] = _Walk(
+                                c, c, c, c, 0, 0, 1.0 - per_step + rng.random() * min(per_step, 1.0), None
+                            )
                 if not walks:
                     await self.symbols_changed.wait()
                     next_step = loop.time()
