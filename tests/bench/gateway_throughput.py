@@ -1,0 +1,208 @@
+"""Gateway publish throughput: the sim at full speed → queue → Kafka, beside raw aiokafka
+producing the same serialized bytes with the same producer settings.
+
+A round: an in-process FeederGateway serves one market whose sim source ticks every
+subscribed symbol on every step, steps back to back; ``tick_publisher.published`` is
+read over a fixed window. The window's messages are then read back from the topic and
+produced again with a plain AIOKafkaProducer (``producer_options`` of the same settings)
+to a fresh topic. A second figure isolates the publish path (queue → TickPublisher →
+Kafka) from the sim: the same pre-generated ticks through TickPublisher, and their
+encoded bytes through the raw producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import statistics
+import time
+from typing import Any
+
+from services.feeder_gateway.service import FeederGateway
+from services.feeder_gateway.tick_publisher import TickPublisher
+from services.feeder_gateway.tick_queue import ConflatingTickQueue
+from shared.config import GatewaySettings
+from shared.dto import Subscription, encode, utcnow
+from shared.kafka import KafkaPublisher
+from shared.symbols import Market
+from shared.topics import Topics
+from tests.bench.daemons import CpuMeter
+from tests.bench.harness import (
+    BenchContext,
+    Figure,
+    create_topic,
+    delete_topics,
+    fresh_topics,
+    produce_raw,
+    read_topic,
+    sim_sources,
+)
+from tests.bench.ticks import FULL_SPEED, encoded, sim_ticks
+from tests.helpers import eventually, publish, running
+
+NAME = "gateway_throughput"
+TITLE = "gateway publish throughput vs raw aiokafka"
+NEEDS_BROKER = True
+TARGET_RATIO = 0.8
+
+SYMBOLS = tuple(f"{600000 + i:06d}.SH" for i in range(1000))
+
+
+def _cpu(ctx: BenchContext) -> CpuMeter:
+    return CpuMeter({"bench_process": os.getpid(), "broker": ctx.broker_pid})
+
+
+async def _gateway_window(ctx: BenchContext, topics: Topics, warmup_s: float, window_s: float) -> dict[str, Any]:
+    config = ctx.load(
+        ctx.config_dir(
+            topics,
+            livedata={"gateway": {"markets": ["CN"]}},
+            data_sources=sim_sources([Market.CN], **FULL_SPEED),
+        )
+    )
+    gw = FeederGateway(config)
+    async with running(gw, timeout_s=60):
+        await eventually(lambda: gw.watcher.caught_up.is_set(), timeout_s=15, what="gateway subscriptions loaded")
+        await publish(
+            ctx.bootstrap,
+            topics.subscriptions,
+            Subscription(market="CN", symbols=SYMBOLS, timestamp=utcnow()),
+            key="CN",
+        )
+        await eventually(lambda: gw.tick_publisher.published > 0, timeout_s=15, what="first ticks published")
+        await asyncio.sleep(warmup_s)  # warm-up of fixed length before the window
+        tp, q = gw.tick_publisher, gw.queue
+        p0, a0, c0 = tp.published, q.accepted, q.conflated
+        cpu = _cpu(ctx)
+        t0 = time.perf_counter()
+        await asyncio.sleep(window_s)  # the measurement window itself
+        t1 = time.perf_counter()
+        p1, a1, c1 = tp.published, q.accepted, q.conflated
+        shares = cpu.shares()
+    elapsed = t1 - t0
+    return {
+        "published": p1 - p0,
+        "rate": (p1 - p0) / elapsed,
+        "generated_per_s": round((a1 - a0) / elapsed),
+        "conflated_per_s": round((c1 - c0) / elapsed),
+        "window_s": round(elapsed, 3),
+        "cpu_share": shares,
+    }
+
+
+async def _raw_same_bytes(ctx: BenchContext, topics: Topics, count: int) -> dict[str, Any]:
+    """Read ``count`` messages the gateway produced, then produce them raw to a fresh topic."""
+    records = await read_topic(ctx, topics.market_data, count)
+    items = [(r.key, r.value) for r in records]
+    del records
+    size = sum(len(v) for _, v in items) / max(1, len(items))
+    await delete_topics(ctx.bootstrap, topics.market_data)  # the baseline gets a broker as empty
+    topic = f"{topics.prefix}.baseline"
+    await create_topic(ctx, topic, ctx.kafka().partitions.market_data)
+    gc.collect()
+    cpu = _cpu(ctx)
+    elapsed = await produce_raw(ctx, topic, items, "bench-raw-producer")
+    shares = cpu.shares()
+    await delete_topics(ctx.bootstrap, topic)
+    return {
+        "rate": len(items) / elapsed,
+        "messages": len(items),
+        "avg_value_bytes": round(size, 1),
+        "cpu_share": shares,
+    }
+
+
+async def _publish_path(ctx: BenchContext, count: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """TickPublisher over ``count`` queued ticks vs raw produce of their encoded bytes."""
+    ticks = await sim_ticks({Market.CN: list(SYMBOLS)}, count)
+    items = encoded(ticks)
+    async with fresh_topics(ctx, NAME) as topics:
+        raw_topic = f"{topics.prefix}.baseline"
+        await create_topic(ctx, raw_topic, ctx.kafka().partitions.market_data)
+        gc.collect()
+        raw_elapsed = await produce_raw(ctx, raw_topic, items, "bench-raw-producer")
+        del items
+        await delete_topics(ctx.bootstrap, raw_topic)
+
+        queue = ConflatingTickQueue(count + 1)
+        queue.put_batch(ticks)
+        queue.close()
+        del ticks
+        publisher = KafkaPublisher(ctx.kafka(), "bench-tick-publisher")
+        await publisher.start()
+        try:
+            tick_publisher = TickPublisher(
+                queue, publisher, topics.market_data, GatewaySettings().publish_batch_max
+            )
+            gc.collect()
+            started = time.perf_counter()
+            await tick_publisher.run()
+            path_elapsed = time.perf_counter() - started
+        finally:
+            await publisher.stop()
+    return (
+        {"rate": tick_publisher.published / path_elapsed, "messages": tick_publisher.published},
+        {"rate": count / raw_elapsed, "messages": count},
+    )
+
+
+def _rounded(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
+
+
+async def run(ctx: BenchContext) -> list[Figure]:
+    rounds = ctx.pick(3, 1)
+    warmup_s = ctx.pick(2.0, 1.0)
+    window_s = ctx.pick(10.0, 3.0)
+    gateway: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        async with fresh_topics(ctx, NAME) as topics:
+            gc.collect()
+            g = await _gateway_window(ctx, topics, warmup_s, window_s)
+            gateway.append(g)
+            raw.append(await _raw_same_bytes(ctx, topics, g["published"]))
+    gw_rate = statistics.median(g["rate"] for g in gateway)
+    raw_rate = statistics.median(r["rate"] for r in raw)
+    ratio = gw_rate / raw_rate
+    figures = [
+        Figure(
+            NAME,
+            "gateway publish throughput (sim → queue → Kafka)",
+            round(gw_rate),
+            "msg/s",
+            baseline=round(raw_rate),
+            baseline_name="raw AIOKafkaProducer, same bytes and settings",
+            target=f"ratio >= {TARGET_RATIO}",
+            met=ratio >= TARGET_RATIO,
+            details={
+                "rounds": rounds,
+                "symbols": len(SYMBOLS),
+                "sim": FULL_SPEED,
+                "gateway_rounds": [_rounded(g) for g in gateway],
+                "raw_rounds": [_rounded(r) for r in raw],
+            },
+        )
+    ]
+
+    count = ctx.pick(300_000, 60_000)
+    path, path_raw = await _publish_path(ctx, count)
+    figures.append(
+        Figure(
+            NAME,
+            "publish path only (queued ticks → TickPublisher → Kafka)",
+            round(path["rate"]),
+            "msg/s",
+            baseline=round(path_raw["rate"]),
+            baseline_name="raw AIOKafkaProducer, same ticks encoded",
+            target="diagnostic",
+            details={"messages": count, "batch_max": GatewaySettings().publish_batch_max},
+        )
+    )
+    sample = await sim_ticks({Market.CN: list(SYMBOLS[:100])}, 20_000)
+    started = time.perf_counter()
+    for t in sample:
+        encode(t)
+    figures[0].details["encode_us_per_tick"] = round((time.perf_counter() - started) / len(sample) * 1e6, 3)
+    return figures

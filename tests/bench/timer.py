@@ -1,0 +1,147 @@
+"""Timer lateness: scheduled instant → command on the topic, over 60 instants.
+
+Cron instants are a minute apart; 60 of them in real time would take an hour. The
+TaskTimer runs in process with an injected clock that reads the wall clock plus an
+offset, and the offset jumps forward whenever the next whole minute is more than
+``lead_s`` away: every instant is then ``lead_s`` of real waiting ahead, and the timer
+waits for it exactly as it would for a real one (``wait_for`` on its stop event with the
+computed delay). The real moment of each instant is recorded when the jump sets it up;
+lateness is the arrival of the command at a consumer here (the client SDK's fetch
+settings) minus that moment. The baseline: a coroutine that sleeps until the same kind
+of instant and sends one message with a plain AIOKafkaProducer to the same consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from services.tasktimer.service import TaskTimer
+from shared.dto import ControlCommand, decode, encode, utcnow
+from shared.kafka import producer_options
+from tests.bench.harness import BenchContext, Figure, TopicTap, create_topic, distribution, fresh_topics
+from tests.helpers import eventually, running
+
+NAME = "timer"
+TITLE = "tasktimer lateness (scheduled instant → command on the topic)"
+NEEDS_BROKER = True
+TARGET_P99_MS = 50.0
+
+
+class JumpingClock:
+    """Wall clock + an offset that jumps so the next whole minute is at most ``lead_s`` away.
+
+    ``real_at[instant]`` is the wall-clock time (epoch s) at which the fake clock reaches
+    ``instant``; no jump happens between setting it up and reaching it.
+    """
+
+    def __init__(self, lead_s: float) -> None:
+        self.lead_s = lead_s
+        self.offset = 0.0
+        self.real_at: dict[datetime, float] = {}
+
+    def __call__(self) -> datetime:
+        fake = time.time() + self.offset
+        boundary = (math.floor(fake / 60.0) + 1) * 60.0
+        if boundary - fake > self.lead_s:
+            self.offset += boundary - fake - self.lead_s
+            fake = boundary - self.lead_s
+            self.real_at[datetime.fromtimestamp(boundary, UTC)] = boundary - self.offset
+        return datetime.fromtimestamp(fake, UTC)
+
+
+class _Arrivals:
+    def __init__(self) -> None:
+        self.commands: list[tuple[ControlCommand, float]] = []
+
+    def on_records(self, records: list[ConsumerRecord[bytes, bytes]], now: float) -> None:
+        for r in records:
+            msg = decode(r.value or b"")
+            if isinstance(msg, ControlCommand):
+                self.commands.append((msg, now))
+
+
+async def _tasktimer(ctx: BenchContext, instants: int, lead_s: float) -> dict[str, Any]:
+    clock = JumpingClock(lead_s)
+    jobs = {"jobs": [{"name": "bench", "cron": "* * * * *", "timezone": "UTC", "command": "status"}]}
+    arrivals = _Arrivals()
+    async with fresh_topics(ctx, NAME) as topics:
+        timer = TaskTimer(ctx.load(ctx.config_dir(topics, task_timer=jobs)), clock=clock)
+        async with TopicTap(ctx, topics.control_commands, arrivals.on_records) as tap, running(timer):
+
+            def enough() -> bool:
+                tap.check()
+                return len(arrivals.commands) >= instants
+
+            await eventually(enough, timeout_s=instants * lead_s + 30, interval_s=0.05, what=f"{instants} fires")
+    late: list[float] = []
+    issued: list[float] = []
+    for cmd, arrived in arrivals.commands[:instants]:
+        assert cmd.scheduled_for is not None
+        real = clock.real_at[cmd.scheduled_for]
+        late.append(arrived - real)
+        issued.append(cmd.timestamp.timestamp() - real)
+    out = distribution(late, scale=1000.0)
+    out["issued_after_instant_ms"] = distribution(issued, scale=1000.0)
+    return out
+
+
+async def _baseline(ctx: BenchContext, instants: int, lead_s: float) -> dict[str, Any]:
+    arrivals: list[float] = []
+    async with fresh_topics(ctx, NAME) as topics:
+        topic = f"{topics.prefix}.baseline"
+        await create_topic(ctx, topic, 1)
+        producer = AIOKafkaProducer(**producer_options(ctx.kafka(), "bench-raw-timer"))
+        await producer.start()
+        late: list[float] = []
+
+        def on_records(records: list[ConsumerRecord[bytes, bytes]], now: float) -> None:
+            arrivals.extend(now for _ in records)
+
+        try:
+            value = encode(ControlCommand(command="status", correlation_id="x", timestamp=utcnow(), source="bench"))
+            async with TopicTap(ctx, topic, on_records) as tap:
+                for i in range(instants):
+                    instant = time.time() + lead_s
+                    await asyncio.sleep(instant - time.time())  # the raw timer under test
+                    await producer.send_and_wait(topic, value, key=b"datamanager")
+
+                    def arrived(i: int = i) -> bool:
+                        tap.check()
+                        return len(arrivals) > i
+
+                    await eventually(arrived, timeout_s=10, interval_s=0.001, what="raw command")
+                    late.append(arrivals[i] - instant)
+        finally:
+            await producer.stop()
+    return distribution(late, scale=1000.0)
+
+
+async def run(ctx: BenchContext) -> list[Figure]:
+    instants = ctx.pick(60, 12)
+    lead_s = ctx.pick(1.0, 0.4)
+    system = await _tasktimer(ctx, instants, lead_s)
+    raw = await _baseline(ctx, instants, lead_s)
+    figures = []
+    for key in ("p50", "p99", "max"):
+        value = system.get(key)
+        assert isinstance(value, float)
+        figures.append(
+            Figure(
+                NAME,
+                f"timer lateness {key} ({instants} instants)",
+                value,
+                "ms",
+                baseline=raw.get(key),
+                baseline_name="asyncio.sleep to the instant + raw AIOKafkaProducer.send_and_wait",
+                target=f"p99 <= {TARGET_P99_MS:g} ms" if key == "p99" else "",
+                met=(value <= TARGET_P99_MS) if key == "p99" else None,
+                details={"system": system, "baseline": raw, "lead_s": lead_s} if key == "p50" else {},
+            )
+        )
+    return figures
