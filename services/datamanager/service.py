@@ -183,16 +183,20 @@ class DataManager(Service):
 
     # -- ticks → bars -------------------------------------------------------------------
 
-    async def _consume_ticks(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
-            self.topics.market_data,
+    def _group_consumer(self, topic: str, role: str) -> AIOKafkaConsumer:
+        """A consumer-group member for ``role`` that starts at the end of a new group."""
+        return AIOKafkaConsumer(
+            topic,
             **consumer_options(
                 self.kafka,
-                f"{self.kafka.client_id}-dm-bars",
-                group_id=f"{self.settings.group_id}.bars",
+                f"{self.kafka.client_id}-dm-{role}",
+                group_id=f"{self.settings.group_id}.{role}",
                 auto_offset_reset="latest",
             ),
         )
+
+    async def _consume_ticks(self, stop: asyncio.Event) -> None:
+        consumer = self._group_consumer(self.topics.market_data, "bars")
         await consumer.start()
         rejected: dict[str, int] = {}
         next_commit = 0.0
@@ -234,15 +238,7 @@ class DataManager(Service):
     # -- commands -------------------------------------------------------------------------
 
     async def _consume_commands(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
-            self.topics.control_commands,
-            **consumer_options(
-                self.kafka,
-                f"{self.kafka.client_id}-dm-commands",
-                group_id=f"{self.settings.group_id}.commands",
-                auto_offset_reset="latest",
-            ),
-        )
+        consumer = self._group_consumer(self.topics.control_commands, "commands")
         await consumer.start()
         try:
             while not stop.is_set():
