@@ -28,6 +28,9 @@ class SimSettings(Strict):
     """Generation step: ticks due within a step are produced together as one batch."""
     volatility_bps: float = Field(3.0, ge=0, le=1_000)
     """Standard deviation of each tick's price move, in basis points."""
+    max_batch: int = Field(256, ge=1, le=100_000)
+    """Most ticks per yielded batch: a big step is handed over in pieces, as a real
+    provider's frames would be, so the publisher gets the event loop in between."""
     stale_after_s: float | None = Field(10.0, gt=0)
     """Watchdog: no tick this long while subscribed means the feed is stale."""
 
@@ -72,6 +75,7 @@ class SimFeeder(Feeder[SimSettings]):
         per_step = s.ticks_per_s_per_symbol * interval
         vol = s.volatility_bps / 10_000.0
         lot = _LOT[self.ctx.market]
+        max_batch = s.max_batch
         market = self.ctx.market
         name = self.ctx.name
         loop = asyncio.get_running_loop()
@@ -142,6 +146,10 @@ class SimFeeder(Feeder[SimSettings]):
                                 last_size=float(size),
                             )
                         )
+                        if len(batch) >= max_batch:
+                            yield batch
+                            batch = []
+                            append = batch.append
                 if batch:
                     yield batch
                 next_step += interval
