@@ -78,8 +78,12 @@ class KafkaSettings(Strict):
     """Needs a broker that supports InitProducerId v3+ (Apache Kafka does; Tansu does not)."""
     request_timeout_ms: int = Field(30_000, ge=1000)
     fetch_max_wait_ms: int = Field(5, ge=0, le=10_000)
-    """Longest a fetch waits for data. Keep it small on Tansu, which does not answer a
-    waiting fetch when data arrives (latency ~ this value); 100-500 suits Apache Kafka."""
+    """Longest a fetch waits for data, for latency-critical consumers (market data to the
+    client SDK). Keep it small on Tansu, which does not answer a waiting fetch when data
+    arrives (latency ~ this value); 100-500 suits Apache Kafka."""
+    background_fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
+    """The same for consumers where tens of ms do not matter (commands, interest,
+    subscriptions, the datamanager's tick intake): fewer idle fetches, larger batches."""
     session_timeout_ms: int = Field(6_000, ge=1_000)
     """Consumer-group session timeout; group joins take about half of it."""
     heartbeat_interval_ms: int = Field(1_000, ge=100)

@@ -40,15 +40,16 @@ def producer_options(k: KafkaSettings, client_id: str) -> dict[str, Any]:
     }
 
 
-def consumer_options(k: KafkaSettings, client_id: str, **extra: Any) -> dict[str, Any]:
-    """AIOKafkaConsumer keyword arguments; ``extra`` overrides."""
+def consumer_options(k: KafkaSettings, client_id: str, background: bool = False, **extra: Any) -> dict[str, Any]:
+    """AIOKafkaConsumer keyword arguments; ``background`` consumers wait longer per fetch
+    (``background_fetch_max_wait_ms``); ``extra`` overrides."""
     opts: dict[str, Any] = {
         "bootstrap_servers": k.bootstrap_servers,
         "client_id": client_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
-        "fetch_max_wait_ms": k.fetch_max_wait_ms,
+        "fetch_max_wait_ms": k.background_fetch_max_wait_ms if background else k.fetch_max_wait_ms,
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
     }

@@ -124,7 +124,9 @@ class DataManager(Service):
     async def _follow_interest(self, stop: asyncio.Event) -> None:
         """Rebuild interest from the whole topic, then follow it (state survives restarts)."""
         topic = self.topics.interest_updates
-        consumer = AIOKafkaConsumer(**consumer_options(self.kafka, f"{self.kafka.client_id}-dm-interest"))
+        consumer = AIOKafkaConsumer(
+            **consumer_options(self.kafka, f"{self.kafka.client_id}-dm-interest", background=True)
+        )
         await consumer.start()
         try:
             tps = await assign_all(consumer, topic)
@@ -190,6 +192,7 @@ class DataManager(Service):
             **consumer_options(
                 self.kafka,
                 f"{self.kafka.client_id}-dm-{role}",
+                background=True,
                 group_id=f"{self.settings.group_id}.{role}",
                 auto_offset_reset="latest",
             ),

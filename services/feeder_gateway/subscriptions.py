@@ -37,7 +37,7 @@ class SubscriptionWatcher:
         self.caught_up = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(**consumer_options(self._kafka, self._client_id))
+        consumer = AIOKafkaConsumer(**consumer_options(self._kafka, self._client_id, background=True))
         await consumer.start()
         try:
             tps = await assign_all(consumer, self._topic)
