@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.broker import EmbeddedBroker
 from shared.config import AppConfig, KafkaSettings, TopicPartitions, load_config
 from shared.kafka import ensure_topics
 from shared.topics import Topics
+from tests.helpers import env_without_overrides, write_config_dir
 
 
 def _docker_answers() -> bool:
@@ -85,24 +85,9 @@ def make_config(tmp_path: Path, kafka_bootstrap: str) -> Callable[..., AppConfig
     """
 
     def make(topics: Topics, livedata: dict[str, Any] | None = None, **files: Any) -> AppConfig:
-        d = tmp_path / f"config-{uuid.uuid4().hex[:6]}"
-        d.mkdir()
-        live: dict[str, Any] = {
-            "kafka": {"bootstrap_servers": kafka_bootstrap, **FAST_KAFKA},
-            "topics": {"prefix": topics.prefix},
-            "gateway": {"http": {"port": 0}},
-            "datamanager": {"http": {"port": 0}},
-            "tasktimer": {"http": {"port": 0}},
-        }
-        for section, values in (livedata or {}).items():
-            live[section] = {**live.get(section, {}), **values}
-        (d / "livedata.yml").write_text(yaml.safe_dump(live))
-        for name, content in files.items():
-            (d / f"{name}.yml").write_text(yaml.safe_dump(content))
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL")
-        }
-        return load_config(d, env=env)
+        kafka = {"bootstrap_servers": kafka_bootstrap, **FAST_KAFKA}
+        d = write_config_dir(tmp_path, kafka, topics.prefix, livedata, **files)
+        return load_config(d, env=env_without_overrides())
 
     return make
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -27,6 +27,45 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
+# -- config directories ----------------------------------------------------------------
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import yaml  # noqa: E402
+
+OVERRIDE_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL", "GINKGO_LOG_LEVEL")
+
+
+def write_config_dir(
+    parent: Path, kafka: dict[str, Any], prefix: str, livedata: dict[str, Any] | None = None, **files: Any
+) -> Path:
+    """Write livedata.yml (kafka settings, topic prefix, HTTP on free ports, ``livedata``
+    sections merged over that) and any other ``name=content`` files into a new directory."""
+    d = parent / f"config-{prefix.rsplit('.', 1)[-1]}-{uuid.uuid4().hex[:6]}"
+    d.mkdir(parents=True)
+    live: dict[str, Any] = {
+        "kafka": kafka,
+        "topics": {"prefix": prefix},
+        "gateway": {"http": {"port": 0}},
+        "datamanager": {"http": {"port": 0}},
+        "tasktimer": {"http": {"port": 0}},
+    }
+    for section, values in (livedata or {}).items():
+        live[section] = {**live.get(section, {}), **values}
+    (d / "livedata.yml").write_text(yaml.safe_dump(live))
+    for name, content in files.items():
+        if content is not None:
+            (d / f"{name}.yml").write_text(yaml.safe_dump(content))
+    return d
+
+
+def env_without_overrides() -> dict[str, str]:
+    """This process's environment without the variables that override config files."""
+    return {k: v for k, v in os.environ.items() if k not in OVERRIDE_VARS}
+
+
 # -- Kafka helpers ---------------------------------------------------------------------
 
 import contextlib  # noqa: E402
@@ -39,21 +78,21 @@ from shared.kafka import assign_all  # noqa: E402
 from shared.runtime import Service  # noqa: E402
 
 
-class TopicReader:
-    """Reads a topic from the beginning in the background; keeps records and messages."""
+class TopicFollower:
+    """Reads a topic from the beginning in the background (every partition, no group) and
+    hands each fetched batch to ``on_batch(records, received_at)`` (``time.time()``)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, topic: str, consumer_options: dict[str, Any]) -> None:
         self.topic = topic
-        self.records: list[ConsumerRecord[bytes, bytes]] = []
-        self.messages: list[Message] = []
+        self._options = consumer_options
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> TopicReader:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
-        )
+    def on_batch(self, records: list[ConsumerRecord[bytes, bytes]], received_at: float) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._consumer = AIOKafkaConsumer(**self._options)
         await self._consumer.start()
         try:
             tps = await assign_all(self._consumer, self.topic, wait_s=10)
@@ -61,27 +100,50 @@ class TopicReader:
         except BaseException:
             await self._consumer.stop()
             raise
-        self._task = asyncio.create_task(self._read())
+        self._task = asyncio.create_task(self._read(), name=f"follow.{self.topic}")
         return self
 
     async def _read(self) -> None:
         assert self._consumer is not None
+        getmany = self._consumer.getmany
         while True:
-            for recs in (await self._consumer.getmany(timeout_ms=100)).values():
-                for r in recs:
-                    self.records.append(r)
-                    try:
-                        self.messages.append(decode(r.value or b""))
-                    except DecodeError:
-                        pass
+            batches = await getmany(timeout_ms=200, max_records=10_000)
+            if batches:
+                self.on_batch([r for rs in batches.values() for r in rs], time.time())
+
+    def check(self) -> None:
+        """Raise the reader's exception if it failed."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            exc = self._task.exception()
+            if exc is not None:
+                raise exc
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
+        try:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        finally:
+            if self._consumer is not None:
+                await self._consumer.stop()
+
+
+class TopicReader(TopicFollower):
+    """Follows a topic and keeps its records and decoded messages."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(topic, {"bootstrap_servers": bootstrap, "enable_auto_commit": False, "fetch_max_wait_ms": 20})
+        self.records: list[ConsumerRecord[bytes, bytes]] = []
+        self.messages: list[Message] = []
+
+    def on_batch(self, records: list[ConsumerRecord[bytes, bytes]], received_at: float) -> None:
+        for r in records:
+            self.records.append(r)
+            try:
+                self.messages.append(decode(r.value or b""))
+            except DecodeError:
+                pass
 
     def of_type(self, cls: type[T]) -> list[T]:
         return [m for m in self.messages if isinstance(m, cls)]

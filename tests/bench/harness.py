@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import statistics
 import time
 import uuid
@@ -15,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -23,6 +21,7 @@ from shared.config import AppConfig, KafkaSettings, TopicPartitions, load_config
 from shared.kafka import assign_all, consumer_options, ensure_topics, producer_options
 from shared.symbols import Market
 from shared.topics import Topics
+from tests.helpers import TopicFollower, env_without_overrides, write_config_dir
 
 T = TypeVar("T")
 
@@ -31,7 +30,6 @@ T = TypeVar("T")
 GROUP_TIMINGS: dict[str, Any] = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
 
 # Environment variables that would override the bench's config files in a daemon.
-_ENV_OVERRIDES = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL", "GINKGO_LOG_LEVEL")
 
 
 @dataclass
@@ -97,22 +95,9 @@ class BenchContext:
 
         ``livedata`` sections are merged over the defaults (HTTP endpoints on free ports).
         """
-        d = self.workdir / f"config-{topics.prefix.rsplit('.', 1)[-1]}-{uuid.uuid4().hex[:6]}"
-        d.mkdir(parents=True)
-        live: dict[str, Any] = {
-            "kafka": self.kafka_fields(),
-            "topics": {"prefix": topics.prefix},
-            "gateway": {"http": {"port": 0}},
-            "datamanager": {"http": {"port": 0}},
-            "tasktimer": {"http": {"port": 0}},
-        }
-        for section, values in (livedata or {}).items():
-            live[section] = {**live.get(section, {}), **values}
-        (d / "livedata.yml").write_text(yaml.safe_dump(live))
-        for name, content in (("data_sources", data_sources), ("task_timer", task_timer)):
-            if content is not None:
-                (d / f"{name}.yml").write_text(yaml.safe_dump(content))
-        return d
+        return write_config_dir(
+            self.workdir, self.kafka_fields(), topics.prefix, livedata, data_sources=data_sources, task_timer=task_timer
+        )
 
     def load(self, directory: Path) -> AppConfig:
         return load_config(directory, env=daemon_env())
@@ -127,9 +112,7 @@ def run_in_loop(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
-def daemon_env() -> dict[str, str]:
-    """This process's environment without the variables that override config files."""
-    return {k: v for k, v in os.environ.items() if k not in _ENV_OVERRIDES}
+daemon_env = env_without_overrides
 
 
 # -- topics ---------------------------------------------------------------------------------
@@ -319,55 +302,17 @@ async def sample_until(
 
 # -- observing topics -------------------------------------------------------------------------
 
+
 RecordsCallback = Callable[[list[ConsumerRecord[bytes, bytes]], float], None]
 
 
-class TopicTap:
-    """Reads a topic from the beginning in the background (no group, every partition) and
-    hands each fetched batch to ``on_records(records, received_at)``; ``received_at`` is
-    ``time.time()`` when the fetch returned. Fetch settings are the client SDK's."""
+class TopicTap(TopicFollower):
+    """Follows a topic from the beginning and hands each fetched batch to
+    ``on_records(records, received_at)``. Fetch settings are the client SDK's."""
 
     def __init__(self, ctx: BenchContext, topic: str, on_records: RecordsCallback) -> None:
-        self._ctx = ctx
-        self.topic = topic
+        super().__init__(topic, consumer_options(ctx.kafka(), "bench-tap", fetch_max_wait_ms=5))
         self._on_records = on_records
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> TopicTap:
-        self._consumer = AIOKafkaConsumer(**consumer_options(self._ctx.kafka(), "bench-tap", fetch_max_wait_ms=5))
-        await self._consumer.start()
-        try:
-            tps = await assign_all(self._consumer, self.topic, wait_s=10)
-            await self._consumer.seek_to_beginning(*tps)
-        except BaseException:
-            await self._consumer.stop()
-            raise
-        self._task = asyncio.create_task(self._read(), name=f"bench.tap.{self.topic}")
-        return self
-
-    async def _read(self) -> None:
-        assert self._consumer is not None
-        getmany = self._consumer.getmany
-        while True:
-            batches = await getmany(timeout_ms=1000, max_records=10_000)
-            if batches:
-                now = time.time()
-                self._on_records([r for rs in batches.values() for r in rs], now)
-
-    def check(self) -> None:
-        """Raise the reader's exception if it failed."""
-        if self._task is not None and self._task.done() and not self._task.cancelled():
-            exc = self._task.exception()
-            if exc is not None:
-                raise exc
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            if self._task is not None:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-        finally:
-            if self._consumer is not None:
-                await self._consumer.stop()
+    def on_batch(self, records: list[ConsumerRecord[bytes, bytes]], received_at: float) -> None:
+        self._on_records(records, received_at)
