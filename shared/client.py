@@ -15,7 +15,6 @@ messages keyed by a symbol it wants.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -28,6 +27,7 @@ from shared.dto import Bar, DecodeError, InterestUpdate, PriceUpdate, UpdateType
 from shared.kafka import KafkaPublisher, assign_all, consumer_options
 from shared.logs import kv
 from shared.symbols import normalize
+from shared.tasks import cancel_and_wait
 from shared.topics import Topics
 
 log = logging.getLogger("client")
@@ -97,11 +97,7 @@ class LiveDataClient:
             return
         self._closed = True
         self._ready.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(self._tasks)
         if self._consumer is not None:
             await self._consumer.stop()
         await self._publisher.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import abc
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -25,6 +24,7 @@ from shared.events import SystemEvents
 from shared.kafka import KafkaPublisher, ensure_topics
 from shared.logs import kv, setup_logging
 from shared.metrics import ServiceMetrics
+from shared.tasks import cancel_and_wait
 from shared.topics import Topics
 
 log = logging.getLogger("runtime")
@@ -160,9 +160,7 @@ async def serve(service: Service, stop: asyncio.Event | None = None) -> int:
                     await asyncio.wait_for(asyncio.shield(run_task), service.shutdown_timeout_s)
                 except TimeoutError:
                     log.error("shutdown deadline passed, cancelling", extra=kv(timeout_s=service.shutdown_timeout_s))
-                    run_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await run_task
+                    await cancel_and_wait([run_task])
                     return 1
         finally:
             stop_wait.cancel()

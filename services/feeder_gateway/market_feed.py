@@ -19,6 +19,7 @@ from shared.events import SystemEvents
 from shared.logs import kv
 from shared.sessions import in_session
 from shared.symbols import Market
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("market_feed")
 
@@ -153,9 +154,7 @@ class MarketFeed:
                 if self.active > 0 and now - started >= self._failback_after_s and self._preferred_ready(now):
                     return "failback"
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+            await cancel_and_wait([pump])
 
     def _watch_now(self, feeder: Feeder[Any]) -> bool:
         """Whether silence counts now: always, or only while the market is in session."""
