@@ -37,7 +37,9 @@ class MarketFeed:
     The active source is the first healthy one in preference order. It is replaced when
     its generator fails for good (configuration error) or when it goes stale: no data
     for ``stale_after_s`` while the market is in session and symbols are subscribed.
-    A preferred source that failed is tried again once ``failback_after_s`` has passed.
+    A preferred source that failed is probed beside the active one once
+    ``failback_after_s`` has passed (its ticks unpublished); the feed switches back as soon
+    as the probe delivers data, and probes again later if it does not.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class MarketFeed:
         self.active = 0
         self.last_data = time.monotonic()
         self.switches = 0
+        self._failback_to = 0
 
     @property
     def active_feeder(self) -> Feeder[Any]:
@@ -110,8 +113,9 @@ class MarketFeed:
         feeder = source.feeder
         name = feeder.ctx.name
         self.last_data = time.monotonic()
-        started = time.monotonic()
         pump = asyncio.create_task(self._pump(feeder), name=f"feed.{self.market}.{name}")
+        probe: asyncio.Task[bool] | None = None
+        probed = -1
         try:
             while True:
                 stop_wait = asyncio.create_task(stop.wait())
@@ -151,10 +155,40 @@ class MarketFeed:
                         silent_s=round(now - self.last_data, 1),
                     )
                     return "stale"
-                if self.active > 0 and now - started >= self._failback_after_s and self._preferred_ready(now):
-                    return "failback"
+                if probe is not None and probe.done():
+                    if not probe.cancelled() and probe.exception() is None and probe.result():
+                        self._failback_to = probed
+                        return "failback"
+                    self._sources[probed].failed_at = now  # still down: probe again later
+                    probe = None
+                if probe is None and self.active > 0:
+                    probed = self._preferred_ready(now)
+                    if probed >= 0:
+                        probe = asyncio.create_task(
+                            self._probe(self._sources[probed].feeder), name=f"feed.{self.market}.probe"
+                        )
         finally:
-            await cancel_and_wait([pump])
+            await cancel_and_wait([pump] if probe is None else [pump, probe])
+
+    async def _probe(self, feeder: Feeder[Any]) -> bool:
+        """Whether a preferred source delivers data again, tried beside the active one;
+        its ticks are not published. Gives up after its stale threshold (or 10 s)."""
+        feeder.set_symbols(self.symbols)
+        gen = cast(AsyncGenerator[list[PriceUpdate], None], feeder.ticks())
+        try:
+            async with asyncio.timeout(feeder.stale_after_s or 10.0), contextlib.aclosing(gen):
+                async for batch in gen:
+                    if batch:
+                        return True
+        except TimeoutError:
+            pass
+        except FeederConfigError as e:
+            log.warning("preferred source has a configuration error", extra=kv(source=feeder.ctx.name, error=str(e)))
+        except Exception as e:  # a broken source is simply not ready yet
+            log.info("preferred source not ready", extra=kv(source=feeder.ctx.name, error=repr(e)))
+        finally:
+            feeder.set_symbols(frozenset())
+        return False
 
     def _watch_now(self, feeder: Feeder[Any]) -> bool:
         """Whether silence counts now: always, or only while the market is in session."""
@@ -162,20 +196,18 @@ class MarketFeed:
             return True
         return in_session(self.market, utcnow())
 
-    def _preferred_ready(self, now: float) -> bool:
-        return any(
-            s.disabled is None and (s.failed_at is None or now - s.failed_at >= self._failback_after_s)
-            for s in self._sources[: self.active]
-        )
+    def _preferred_ready(self, now: float) -> int:
+        """The index of the most preferred source due for another try, or -1."""
+        for i, s in enumerate(self._sources[: self.active]):
+            if s.disabled is None and (s.failed_at is None or now - s.failed_at >= self._failback_after_s):
+                return i
+        return -1
 
     def _choose_next(self, outcome: str) -> None:
         now = time.monotonic()
         old = self.active
         if outcome == "failback":
-            for i, s in enumerate(self._sources[: self.active]):
-                if s.disabled is None and (s.failed_at is None or now - s.failed_at >= self._failback_after_s):
-                    self.active = i
-                    break
+            self.active = self._failback_to
         else:
             self._sources[old].failed_at = now
             n = len(self._sources)

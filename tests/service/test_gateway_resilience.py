@@ -81,16 +81,25 @@ async def test_silent_primary_fails_over_within_2s_and_back(
             firsts = first_tick_after(md.of_type(PriceUpdate), "sim", stale.timestamp)
             for symbol, at in firsts.items():
                 assert (at - stale.timestamp).total_seconds() < 2.0, f"{symbol} served by the secondary too late"
-            assert gw.feeds["CN"].active == 1  # type: ignore[index]
+            feed = gw.feeds["CN"]  # type: ignore[index]
+            assert feed.active == 1
+            # still silent: the probe of the primary (a new stream) fails and nothing switches
+            first_failure = feed._sources[0].failed_at
+            streams = len(em.requested())
+            await eventually(lambda: len(em.requested()) > streams, timeout_s=8, what="a probe of the primary")
+            await eventually(
+                lambda: feed._sources[0].failed_at != first_failure, timeout_s=5, what="the probe to give up"
+            )
+            assert feed.active == 1 and not [s for s in events.of_type(Status) if s.state == "failback"]
 
-            em.silent = False  # the primary recovers: back to it after failback_after_s
+            em.silent = False  # the primary recovers: back to it at the next probe
             back = await events.wait_for(Status, lambda s: s.state == "failback", timeout_s=10, what="failback status")
             assert back.detail["source"] == "eastmoney"
             await eventually(
                 lambda: len(first_tick_after(md.of_type(PriceUpdate), "eastmoney", back.timestamp)) == len(CN),
                 what="primary ticks again",
             )
-            assert gw.feeds["CN"].active == 0  # type: ignore[index]
+            assert feed.active == 0
 
 
 def _write_config(d: Path, bootstrap: str, prefix: str, **sections: Any) -> AppConfig:
