@@ -174,7 +174,6 @@ class DeadLetter(_Message, tag="dead_letter", frozen=True):
 Message = (
     PriceUpdate | Bar | InterestUpdate | ControlCommand | Subscription | Status | Alert | CommandResult | DeadLetter
 )
-MarketData = PriceUpdate | Bar
 SystemEvent = Status | Alert | CommandResult
 
 _encoder = msgspec.json.Encoder()

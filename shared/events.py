@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from shared.dto import Alert, CommandResult, Status, SystemEvent, utcnow
+from shared.dto import Alert, Status, SystemEvent, utcnow
 from shared.kafka import KafkaPublisher
 from shared.logs import kv
 
@@ -55,9 +55,6 @@ class SystemEvents:
                 timestamp=utcnow(),
             )
         )
-
-    def result(self, result: CommandResult) -> None:
-        self.emit(result)
 
     def close(self) -> None:
         self._closed = True

@@ -36,10 +36,6 @@ class ConflatingTickQueue:
     def __len__(self) -> int:
         return len(self._fifo) + len(self._overflow)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def put_batch(self, ticks: list[PriceUpdate]) -> None:
         """Accept ticks without waiting; stamps each with its per-symbol sequence."""
         if self._closed:
