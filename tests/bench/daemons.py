@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from shared.broker import free_port
+from services.ops.servers import free_port
 from shared.topics import Topics
 from tests.bench.harness import BenchContext, daemon_env
 from tests.helpers import eventually

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import yaml
 
-from shared.broker import free_port
+from services.ops.servers import free_port
 from shared.dto import (
     CommandResult,
     ControlCommand,

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from services.feeder_gateway.service import FeederGateway
-from shared.broker import EmbeddedBroker
+from services.ops.servers import TansuBroker
 from shared.config import AppConfig, KafkaSettings, load_config
 from shared.dto import PriceUpdate, Status, Subscription, utcnow
 from shared.kafka import ensure_topics
@@ -118,7 +118,7 @@ def _write_config(d: Path, bootstrap: str, prefix: str, **sections: Any) -> AppC
 async def test_paused_broker_conflates_with_bounded_memory_then_delivers_latest(tmp_path: Path) -> None:
     symbols = tuple(f"S{i}" for i in range(20))
     queue_size = 500
-    with EmbeddedBroker() as broker:
+    with TansuBroker() as broker:
         topics = Topics(f"bp.{uuid.uuid4().hex[:6]}")
         await ensure_topics(
             KafkaSettings(bootstrap_servers=broker.bootstrap_servers),

@@ -20,7 +20,7 @@ def _config(args: argparse.Namespace) -> AppConfig:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from shared.demo import DEFAULT_SYMBOLS, run_demo
+    from services.ops.demo import DEFAULT_SYMBOLS, run_demo
     from shared.logs import setup_logging
 
     setup_logging("demo", "WARNING")
@@ -35,9 +35,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from shared.broker import EmbeddedBroker
+    from services.ops.servers import TansuBroker
 
-    broker = EmbeddedBroker(port=args.port).start()
+    broker = TansuBroker(port=args.port).start()
     print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}  (pid {broker.pid}; Ctrl-C stops)", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: done.set())

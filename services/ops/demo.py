@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.broker import EmbeddedBroker
+from services.ops.servers import TansuBroker
 from shared.client import LiveDataClient
 from shared.config import AppConfig
 from shared.dto import Bar, PriceUpdate, utcnow
@@ -141,7 +141,7 @@ async def _stop_daemon(proc: asyncio.subprocess.Process, timeout_s: float = 10.0
 async def run_demo(config: AppConfig, symbols: list[str], duration_s: float | None, log_dir: Path) -> int:
     tty = sys.stdout.isatty()
     out = sys.stdout
-    broker = EmbeddedBroker(log_path=log_dir / "broker.log")
+    broker = TansuBroker(log_path=log_dir / "broker.log")
     broker.start()
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers, PYTHONUNBUFFERED="1")
     print(f"embedded broker on {broker.bootstrap_servers} (pid {broker.pid}); logs in {log_dir}", flush=True)

@@ -1,0 +1,257 @@
+"""Apache Kafka from its Maven Central jars: a single-node KRaft broker + controller.
+
+The jars pinned by ``deploy/kafka/pom.xml`` are resolved once with Maven into a cache
+directory (``$LIVEDATA_CACHE_DIR``, else ``$XDG_CACHE_HOME/ginkgo-livedata``, else
+``~/.cache/ginkgo-livedata``) and reused by every later start. A broker gets a data
+directory (formatted on first start; a restart resumes on the same log), two free
+loopback ports (client and controller), a small heap and its own log file.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from functools import cache
+from pathlib import Path
+from typing import ClassVar
+
+from services.ops.servers.base import LocalServer, ServerError, free_port, kafka_metadata_brokers
+
+REPO = Path(__file__).resolve().parents[3]
+POM = REPO / "deploy" / "kafka" / "pom.xml"
+HEAP = os.environ.get("LIVEDATA_KAFKA_HEAP", "-Xmx512m -Xms256m")
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("LIVEDATA_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ginkgo-livedata"
+
+
+def kafka_version() -> str:
+    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
+    if not match:
+        raise ServerError(f"{POM}: no <kafka.version> property")
+    return match.group(1).strip()
+
+
+def java_binary() -> str | None:
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    return shutil.which("java")
+
+
+@cache
+def java_major(java: str) -> int:
+    """The major version of a ``java`` binary (0 if it does not run)."""
+    try:
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=20, check=False).stderr
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not match:
+        return 0
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def jars_dir() -> Path:
+    return cache_dir() / f"kafka-{kafka_version()}" / "jars"
+
+
+def jars_resolved() -> bool:
+    return (jars_dir().parent / ".complete").exists()
+
+
+def kafka_available() -> tuple[bool, str]:
+    """Whether an Apache Kafka broker can start here, and if not why not."""
+    java = java_binary()
+    if java is None:
+        return False, "no java on PATH (Apache Kafka 4.x needs Java 17+)"
+    major = java_major(java)
+    if major < 17:
+        return False, f"{java} is Java {major or '?'}; Apache Kafka 4.x needs Java 17+"
+    if not jars_resolved() and shutil.which("mvn") is None:
+        return False, f"the Kafka jars are not cached in {jars_dir()} and there is no mvn to resolve them"
+    return True, f"Java {major}"
+
+
+def resolve_jars() -> Path:
+    """Resolve the pinned runtime jars into the cache (once; safe across processes)."""
+    target = jars_dir()
+    marker = target.parent / ".complete"
+    if marker.exists():
+        return target
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ServerError(f"cannot resolve Apache Kafka {kafka_version()}: mvn is not installed")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be resolving the same version
+        if marker.exists():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix="jars-", dir=target.parent))
+        result = subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if result.returncode != 0 or not any(staging.glob("kafka_*.jar")):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ServerError(f"mvn could not resolve {POM}:\n{(result.stdout + result.stderr)[-3000:]}")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        marker.write_text(kafka_version() + "\n")
+    return target
+
+
+LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.out.ref = OUT
+logger.kafka.name = kafka
+logger.kafka.level = warn
+logger.apache.name = org.apache.kafka
+logger.apache.level = warn
+logger.started.name = kafka.server.KafkaRaftServer
+logger.started.level = info
+"""
+
+
+class KafkaBroker(LocalServer):
+    """Apache Kafka, KRaft combined mode, one node, on 127.0.0.1."""
+
+    kind = "Apache Kafka"
+    start_timeout_s: ClassVar[float] = 60.0
+    supports_idempotence: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        log_path: Path | None = None,
+        controller_port: int | None = None,
+    ) -> None:
+        super().__init__(port, data_dir, log_path)
+        self.controller_port = controller_port or free_port()
+
+    @property
+    def slug(self) -> str:
+        return "kafka"
+
+    @property
+    def version(self) -> str:
+        return kafka_version()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.address
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
+
+    def properties(self) -> str:
+        c = f"{self.host}:{self.controller_port}"
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": c,
+            "listeners": f"PLAINTEXT://{self.address},CONTROLLER://{c}",
+            "advertised.listeners": f"PLAINTEXT://{self.address}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.log_dir),
+            # the services create their topics with their own partition counts and configs
+            "auto.create.topics.enable": "false",
+            "num.partitions": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "5",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # tests run consumer groups with 1-2 s session timeouts to rebalance quickly
+            "group.min.session.timeout.ms": "1000",
+            # two cores: fewer idle threads competing with the daemons
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "num.recovery.threads.per.data.dir": "1",
+        }
+        return "".join(f"{k}={v}\n" for k, v in settings.items())
+
+    def prepare(self) -> None:
+        java = java_binary()
+        if java is None or java_major(java) < 17:
+            raise ServerError(kafka_available()[1])
+        jars = resolve_jars()
+        (self.data_dir / "server.properties").write_text(self.properties())
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2)
+        if (self.log_dir / "meta.properties").exists():
+            return  # formatted before: a restart resumes on the same log
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(
+            [
+                java,
+                "-cp",
+                f"{jars}/*",
+                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.data_dir / "server.properties"),
+                "--standalone",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ServerError(f"kafka-storage format failed:\n{(result.stdout + result.stderr)[-3000:]}")
+
+    def command(self) -> list[str]:
+        java = java_binary()
+        assert java is not None  # checked in prepare()
+        return [
+            java,
+            *HEAP.split(),
+            "-XX:+UseSerialGC",  # one core's worth of GC threads on a 2-core machine
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            f"{jars_dir()}/*",
+            "kafka.Kafka",
+            str(self.data_dir / "server.properties"),
+        ]
+
+    def answers(self) -> bool:
+        return kafka_metadata_brokers(self.host, self.port) > 0
