@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates .venv and installs the project with its dev tools. As root on Debian it first
-# installs what is missing from Debian's packages (python3-venv). Idempotent and quiet
-# when nothing changed.
+# installs what is missing from Debian's packages: python3-venv, and the servers the tests
+# and `livedata up` start themselves (a headless JRE >= 17 and Maven for Apache Kafka,
+# redis-server, clickhouse-server). Then it resolves the pinned Apache Kafka jars into the
+# cache (~/.cache/ginkgo-livedata). Idempotent and quiet when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +21,10 @@ apt_install() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "bootstrap: apt-get install $*"
     [ -n "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null)" ] || apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; then
+      apt-get update -qq  # stale package lists: refresh once and retry
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    fi
   else
     echo "bootstrap: please install: $* (needs root)" >&2
     return 1
@@ -45,4 +50,26 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]'
   touch "$STAMP"
+fi
+
+# Servers the tests and `livedata up` start as processes (never as system services).
+java_ok() {
+  command -v java >/dev/null 2>&1 || return 1
+  local v
+  v=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+  [ -n "$v" ] && [ "$v" -ge 17 ]
+}
+missing=()
+java_ok || missing+=(default-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null 2>&1 || missing+=(clickhouse-server clickhouse-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}" || echo "bootstrap: without ${missing[*]} the tests that need them fail" >&2
+fi
+if java_ok && command -v mvn >/dev/null 2>&1; then
+  "$VENV/bin/python" -c 'from services.ops.servers.kafka import jars_resolved, resolve_jars, kafka_version
+if not jars_resolved():
+    print(f"bootstrap: resolving Apache Kafka {kafka_version()} jars with Maven (once)", flush=True)
+    resolve_jars()'
 fi

@@ -16,7 +16,7 @@ from shared.kafka import ensure_topics
 from shared.topics import Topics
 from tests.helpers import env_without_overrides, write_config_dir
 
-pytest_plugins = ["tests.plugins.broker"]
+pytest_plugins = ["tests.plugins.broker", "tests.plugins.redis"]
 
 
 @pytest.fixture
