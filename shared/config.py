@@ -61,6 +61,24 @@ class TopicPartitions(Strict):
     deadletter: int = Field(1, ge=1)
 
 
+class TopicRetention(Strict):
+    """Retention of the topics the services create (applied only when they create them).
+
+    ``feeder.subscriptions`` is compacted (the last value per market wins, kept forever);
+    everything else is deleted by age, market data by size too, since it is the volume.
+    """
+
+    market_data_ms: int = Field(86_400_000, ge=60_000)
+    """Ticks and bars: one day. Consumers that were away longer start from Redis/ClickHouse."""
+    market_data_bytes: int = Field(1_073_741_824, ge=1_048_576)
+    """Per partition: the bound on market data at any tick rate."""
+    control_ms: int = Field(604_800_000, ge=60_000)
+    """Interest updates, control commands and system events: seven days (an audit trail;
+    state itself lives in Redis)."""
+    deadletter_ms: int = Field(2_592_000_000, ge=60_000)
+    """Dead letters: thirty days, time enough for an operator to look."""
+
+
 class KafkaSettings(Strict):
     """Broker connection and producer tuning (env: KAFKA_BOOTSTRAP_SERVERS)."""
 
@@ -74,8 +92,10 @@ class KafkaSettings(Strict):
     """Producer batch size per partition."""
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
     """zstd: measured here 1.4x lz4's producer throughput (aiokafka runs lz4 at level 9)."""
-    enable_idempotence: bool = False
-    """Needs a broker that supports InitProducerId v3+ (Apache Kafka does; Tansu does not)."""
+    enable_idempotence: bool | Literal["auto"] = "auto"
+    """Idempotent producer (no duplicates from producer retries). ``auto``: on when the
+    broker supports it (Apache Kafka), off where it does not (Tansu answers aiokafka's
+    InitProducerId with an error), detected when the producer starts."""
     request_timeout_ms: int = Field(30_000, ge=1000)
     fetch_max_wait_ms: int = Field(5, ge=0, le=10_000)
     """Longest a fetch waits for data, for latency-critical consumers (market data to the
@@ -91,6 +111,7 @@ class KafkaSettings(Strict):
     """Create missing topics at start-up with the partition counts below."""
     replication_factor: int = Field(1, ge=1)
     partitions: TopicPartitions = TopicPartitions()
+    retention: TopicRetention = TopicRetention()
 
 
 class TopicSettings(Strict):

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError, UnsupportedVersionError
 from aiokafka.partitioner import DefaultPartitioner
 
 from shared.backoff import Backoff
@@ -26,8 +26,13 @@ log = logging.getLogger("kafka")
 MAX_DEAD_LETTER_RAW = 64 * 1024
 
 
-def producer_options(k: KafkaSettings, client_id: str) -> dict[str, Any]:
-    """AIOKafkaProducer keyword arguments for our settings (acks=all always)."""
+def producer_options(k: KafkaSettings, client_id: str, idempotent: bool | None = None) -> dict[str, Any]:
+    """AIOKafkaProducer keyword arguments for our settings (acks=all always).
+
+    ``idempotent`` decides ``enable_idempotence: auto`` (default: on).
+    """
+    if idempotent is None:
+        idempotent = k.enable_idempotence is not False
     return {
         "bootstrap_servers": k.bootstrap_servers,
         "client_id": client_id,
@@ -35,7 +40,7 @@ def producer_options(k: KafkaSettings, client_id: str) -> dict[str, Any]:
         "linger_ms": k.linger_ms,
         "max_batch_size": k.max_batch_bytes,
         "compression_type": None if k.compression == "none" else k.compression,
-        "enable_idempotence": k.enable_idempotence,
+        "enable_idempotence": idempotent if k.enable_idempotence == "auto" else bool(k.enable_idempotence),
         "request_timeout_ms": k.request_timeout_ms,
     }
 
@@ -57,14 +62,26 @@ def consumer_options(k: KafkaSettings, client_id: str, background: bool = False,
     return opts
 
 
-async def ensure_topics(k: KafkaSettings, partitions: dict[str, int]) -> None:
-    """Create the topics that do not exist yet, with the given partition counts."""
+async def ensure_system_topics(k: KafkaSettings, topics: Topics) -> None:
+    """Create the system's topics that do not exist yet, with their partitions and configs."""
+    await ensure_topics(k, topics.with_partitions(k.partitions), topics.with_configs(k.retention))
+
+
+async def ensure_topics(
+    k: KafkaSettings, partitions: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+) -> None:
+    """Create the topics that do not exist yet, with the given partition counts and configs."""
     admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers, client_id=k.client_id)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name=t, num_partitions=n, replication_factor=k.replication_factor)
+            NewTopic(
+                name=t,
+                num_partitions=n,
+                replication_factor=k.replication_factor,
+                topic_configs=(configs or {}).get(t, {}),
+            )
             for t, n in partitions.items()
             if t not in existing
         ]
@@ -108,6 +125,7 @@ class KafkaPublisher:
 
     def __init__(self, settings: KafkaSettings, client_id: str, metrics: ServiceMetrics | None = None) -> None:
         self._settings = settings
+        self._client_id = client_id
         self._producer = AIOKafkaProducer(**producer_options(settings, client_id))
         self._metrics = metrics
         self._started = False
@@ -118,9 +136,24 @@ class KafkaPublisher:
         self.lost = 0
 
     async def start(self) -> None:
-        if not self._started:
+        if self._started:
+            return
+        try:
             await self._producer.start()
-            self._started = True
+        except (UnknownError, UnsupportedVersionError) as e:
+            if self._settings.enable_idempotence != "auto":
+                raise
+            # Tansu answers aiokafka's InitProducerId v0 this way: go on without idempotence
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            log.info("broker refused an idempotent producer; producing without", extra=kv(error=repr(e)))
+            self._producer = AIOKafkaProducer(**producer_options(self._settings, self._client_id, idempotent=False))
+            await self._producer.start()
+        self._started = True
+
+    @property
+    def idempotent(self) -> bool:
+        return self._producer._txn_manager is not None
 
     async def stop(self) -> None:
         """Flush what is pending and close; idempotent."""

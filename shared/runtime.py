@@ -21,7 +21,7 @@ from aiohttp import web
 
 from shared.config import AppConfig, ConfigError, HttpSettings, ServiceSettings, load_config
 from shared.events import SystemEvents
-from shared.kafka import KafkaPublisher, ensure_topics
+from shared.kafka import KafkaPublisher, ensure_system_topics
 from shared.logs import kv, setup_logging
 from shared.metrics import ServiceMetrics
 from shared.tasks import cancel_and_wait
@@ -53,7 +53,7 @@ class Service(abc.ABC):
     async def start_kafka(self) -> None:
         """Create missing topics (if configured) and start the producer."""
         if self.kafka.create_topics:
-            await ensure_topics(self.kafka, self.topics.with_partitions(self.kafka.partitions))
+            await ensure_system_topics(self.kafka, self.topics)
         await self.publisher.start()
         self.broker_ok = True
 

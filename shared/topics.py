@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.config import TopicPartitions
+from shared.config import TopicPartitions, TopicRetention
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,4 +50,26 @@ class Topics:
             self.subscriptions: p.subscriptions,
             self.system_events: p.system_events,
             self.deadletter: p.deadletter,
+        }
+
+    def with_configs(self, r: TopicRetention) -> dict[str, dict[str, str]]:
+        """Every topic with the broker configs it is created with (see TopicRetention)."""
+        by_age = {"cleanup.policy": "delete"}
+        return {
+            self.market_data: {
+                **by_age,
+                "retention.ms": str(r.market_data_ms),
+                "retention.bytes": str(r.market_data_bytes),
+                "segment.ms": str(min(r.market_data_ms, 3_600_000)),  # whole segments expire
+            },
+            self.interest_updates: {**by_age, "retention.ms": str(r.control_ms)},
+            self.control_commands: {**by_age, "retention.ms": str(r.control_ms)},
+            self.system_events: {**by_age, "retention.ms": str(r.control_ms)},
+            self.deadletter: {**by_age, "retention.ms": str(r.deadletter_ms)},
+            self.subscriptions: {
+                "cleanup.policy": "compact",
+                # the active segment is never compacted: roll it hourly so old values go
+                "segment.ms": "3600000",
+                "min.cleanable.dirty.ratio": "0.1",
+            },
         }

@@ -1,4 +1,4 @@
-"""``livedata``: the operator's command line (demo, broker, validate, jobs, fire, command)."""
+"""``livedata``: the operator's command line (demo, up, broker, validate, jobs, fire, command)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from typing import Any
 from shared.config import AppConfig, ConfigError, load_config
 from shared.runtime import run_async
 
-REPO_DEMO_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "config" / "demo"
+REPO_DEMO_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "demo"
+BROKER_HELP = (
+    "tansu: the embedded in-memory broker (starts in < 1 s); "
+    "kafka: Apache Kafka from its Maven jars (needs Java 17+, resolves the jars once)"
+)
 
 
 def _config(args: argparse.Namespace) -> AppConfig:
@@ -28,7 +32,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     symbols = args.symbols.split(",") if args.symbols else list(DEFAULT_SYMBOLS)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    return run_async(run_demo(config, symbols, args.duration, log_dir))
+    return run_async(run_demo(config, symbols, args.duration, log_dir, args.broker))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from services.ops.stack import run_stack
+    from shared.logs import setup_logging
+
+    setup_logging("up", "WARNING")
+    config = load_config(args.config_dir or REPO_DEMO_CONFIG)
+    return run_async(run_stack(config, args.broker, Path(args.log_dir), args.redis, args.duration))
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -181,7 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--symbols", help="comma-separated symbols (default: a CN/HK/US handful)")
     d.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
     d.add_argument("--log-dir", default=".run/demo", help="daemon and broker logs (default: .run/demo)")
+    d.add_argument("--broker", choices=["tansu", "kafka"], default="tansu", help=BROKER_HELP)
     d.set_defaults(func=cmd_demo)
+
+    u = with_config(
+        sub.add_parser("up", help="a local broker + the three daemons in the foreground (config: deploy/config/demo)")
+    )
+    u.add_argument("--broker", choices=["tansu", "kafka"], default="tansu", help=BROKER_HELP)
+    u.add_argument("--redis", action="store_true", help="also start a local redis-server and pass REDIS_URL")
+    u.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
+    u.add_argument("--log-dir", default=".run/up", help="daemon and server logs (default: .run/up)")
+    u.set_defaults(func=cmd_up)
 
     b = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
     b.add_argument("--port", type=int, default=9092)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -11,20 +10,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.ops.servers import TansuBroker
+from services.ops.stack import DaemonDied, LocalStack
 from shared.client import LiveDataClient
 from shared.config import AppConfig
 from shared.dto import Bar, PriceUpdate, utcnow
-from shared.kafka import ensure_topics
 from shared.symbols import market_of
 from shared.topics import Topics
 
-DAEMONS = ("services.feeder_gateway", "services.datamanager", "services.tasktimer")
 DEFAULT_SYMBOLS = ("600000.SH", "000001.SZ", "430047.BJ", "00700.HK", "09988.HK", "AAPL", "MSFT", "NVDA")
-
-
-class DaemonDied(Exception):
-    """A daemon exited while the demo ran."""
 
 
 @dataclass
@@ -105,60 +98,22 @@ class LiveView:
         return f"[{time.monotonic() - self.started:5.0f}s] " + " ".join(parts) + f" | snapshots={self.snapshots}"
 
 
-async def _start_daemon(
-    module: str, config_dir: Path, env: dict[str, str], log_dir: Path
-) -> asyncio.subprocess.Process:
-    log_path = log_dir / f"{module.rsplit('.', maxsplit=1)[-1]}.log"
-    # a local append-only log file handed to the child: no wait worth a thread
-    with open(log_path, "ab") as out:  # noqa: ASYNC230
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            module,
-            "--config-dir",
-            str(config_dir),
-            stdout=out,
-            stderr=out,
-            stdin=asyncio.subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
-        )
-
-
-async def _stop_daemon(proc: asyncio.subprocess.Process, timeout_s: float = 10.0) -> int:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-    return proc.returncode if proc.returncode is not None else -1
-
-
-async def run_demo(config: AppConfig, symbols: list[str], duration_s: float | None, log_dir: Path) -> int:
+async def run_demo(
+    config: AppConfig, symbols: list[str], duration_s: float | None, log_dir: Path, broker_kind: str = "tansu"
+) -> int:
     tty = sys.stdout.isatty()
     out = sys.stdout
-    broker = TansuBroker(log_path=log_dir / "broker.log")
-    broker.start()
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap_servers, PYTHONUNBUFFERED="1")
-    print(f"embedded broker on {broker.bootstrap_servers} (pid {broker.pid}); logs in {log_dir}", flush=True)
-    procs: list[asyncio.subprocess.Process] = []
+    stack = LocalStack(config, broker_kind, log_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     rc = 0
     try:
-        kafka = config.livedata.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
-        await ensure_topics(kafka, Topics(config.livedata.topics.prefix).with_partitions(kafka.partitions))
-        for module in DAEMONS:
-            procs.append(await _start_daemon(module, config.directory, env, log_dir))
-        print(f"started {', '.join(DAEMONS)}; subscribing {len(symbols)} symbols", flush=True)
+        await stack.start()
+        print(f"subscribing {len(symbols)} symbols", flush=True)
         client = LiveDataClient(
-            broker.bootstrap_servers,
+            stack.bootstrap_servers,
             portfolio_id="demo",
             node_id=f"demo-{os.getpid()}",
             topics=Topics(config.livedata.topics.prefix),
@@ -183,21 +138,14 @@ async def run_demo(config: AppConfig, symbols: list[str], duration_s: float | No
                     out.flush()
                     await asyncio.sleep(period)  # screen refresh period
 
-            async def watch() -> None:
-                waits = [asyncio.create_task(p.wait()) for p in procs]
-                try:
-                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waits:
-                        w.cancel()
-                dead = [DAEMONS[i] for i, p in enumerate(procs) if p.returncode is not None]
-                print(f"\ndaemon exited unexpectedly: {', '.join(dead)}; see {log_dir}", file=sys.stderr)
-                raise DaemonDied(", ".join(dead))
-
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(consume()), tg.create_task(draw()), tg.create_task(watch())]
+                tasks = [
+                    tg.create_task(consume(), name="demo.consume"),
+                    tg.create_task(draw(), name="demo.draw"),
+                    tg.create_task(stack.watch(), name="demo.watch"),
+                ]
                 watcher = tasks[2]
-                stop_wait = asyncio.create_task(stop.wait())
+                stop_wait = asyncio.create_task(stop.wait(), name="demo.stop")
                 try:
                     await asyncio.wait({stop_wait, watcher}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -215,8 +163,7 @@ async def run_demo(config: AppConfig, symbols: list[str], duration_s: float | No
         rc = 1
     finally:
         print("stopping daemons ...", flush=True)
-        codes = [await _stop_daemon(p) for p in reversed(procs)]
-        broker.stop()
+        codes = await stack.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         print(f"stopped (exit codes {codes}); broker stopped", flush=True)

@@ -138,7 +138,9 @@ async def fresh_topics(
     ``{prefix}.*`` topic the benchmark added (baselines)."""
     topics = ctx.new_topics(bench)
     kafka = ctx.kafka()
-    await ensure_topics(kafka, topics.with_partitions(partitions or kafka.partitions))
+    await ensure_topics(
+        kafka, topics.with_partitions(partitions or kafka.partitions), topics.with_configs(kafka.retention)
+    )
     try:
         yield topics
     finally:

@@ -16,7 +16,7 @@ def write(d: Path, name: str, text: str) -> None:
 def test_empty_directory_gives_defaults(tmp_path: Path) -> None:
     cfg = load_config(tmp_path, env={})
     assert cfg.livedata.kafka.bootstrap_servers == "127.0.0.1:9092"
-    assert cfg.livedata.kafka.enable_idempotence is False
+    assert cfg.livedata.kafka.enable_idempotence == "auto"
     assert cfg.livedata.topics.prefix == "ginkgo.live"
     assert cfg.data_sources.markets == {}
 
