@@ -130,7 +130,16 @@ class ClickHouseSettings(Strict):
     """ClickHouse for bars (env: CLICKHOUSE_URL). None: today's bars in memory."""
 
     url: SecretStr | None = None
-    database: str = "ginkgo"
+    """asynch DSN, e.g. ``clickhouse://default:@127.0.0.1:9000/default`` (native port)."""
+    database: str = Field("ginkgo", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Created if missing; holds the ``bars`` table."""
+    connect_timeout_s: float = Field(2.0, gt=0)
+    """Connect and per-query timeout; a server that does not answer within it counts as down."""
+    flush_interval_ms: int = Field(1000, ge=10)
+    """Changed bars are inserted in one batch this often; tick offsets are committed after."""
+    max_pending_bars: int = Field(200_000, ge=100)
+    """Bars held while ClickHouse is away (latest version per bar); past it the tick
+    consumer stops fetching until they are stored (nothing is dropped, offsets wait)."""
 
 
 class HttpSettings(Strict):
@@ -172,6 +181,29 @@ class DatamanagerSettings(ServiceSettings):
     """Lease for subscribers that do not send one; None: never expire."""
     command_freshness_s: float = Field(60.0, gt=0)
     """Commands issued longer ago than this are ignored."""
+    redis_key_prefix: str = Field("ginkgo:livedata:dm", min_length=1)
+    """Prefix of the datamanager's Redis keys (interest, offsets, latest prices, active lease)."""
+    active_lease_s: float = Field(3.0, gt=0, le=60)
+    """Redis lease that elects the active instance (renewed every third of it); a standby
+    takes over once the active one has not renewed it for this long."""
+    max_lease_s: float = Field(86_400.0, gt=0)
+    """Longest subscriber lease accepted; longer ones are cut to this."""
+    max_clock_skew_s: float = Field(300.0, gt=0)
+    """Ticks and interest updates stamped further than this ahead of the receive clock are
+    rejected (a tick dated 2100 must not freeze a symbol, a lease of 9999 never expire)."""
+    late_tick_grace_s: float = Field(10.0, ge=0)
+    """A tick older than its symbol's newest by at most this still counts (revising its
+    minute bar, a new version); older ones are ignored and counted (``late``)."""
+    max_price: float = Field(1e9, gt=0)
+    """Prices above this are certainly bad (dropped, counted)."""
+    st_symbols: list[str] = []
+    """Symbols under special treatment (ST, ±5 % limit) until a source reports names."""
+    no_limit_symbols: list[str] = []
+    """Symbols without a price limit today (e.g. a CN IPO's first days)."""
+    gap_alert_s: float = Field(60.0, gt=0)
+    """No tick for this long for a subscribed symbol while its market is open: a gap alert."""
+    alert_interval_s: float = Field(60.0, gt=0)
+    """At most one alert per code and symbol this often."""
 
 
 class TasktimerSettings(ServiceSettings):

@@ -57,6 +57,8 @@ class PriceUpdate(_Message, tag="price_update", frozen=True, gc=False):
     sequence: int | None = None  # per symbol, per gateway run, increasing; gaps = conflated
     last_size: float | None = None  # size of the trade behind this update, shares
     delayed: bool = False  # the source is delayed (e.g. free HK quotes, ~15 min)
+    prev_close: float | None = None  # previous trading day's close, as the source reports it
+    snapshot: bool = False  # a replay of the latest known price (on subscribe), not a new trade
 
 
 BarPeriod = Literal["1m", "1d"]
