@@ -1,8 +1,10 @@
 """``python -m tests.bench [--only NAME] [--quick] [--out bench/results.json]``: run the
 benchmarks, print a table of figures beside their baselines, write the results as JSON.
 
-Each benchmark gets its own embedded Tansu broker (unless ``--bootstrap`` names one) and
-its own work directory for configs and daemon logs. Missed targets do not change the
+Each benchmark runs on each selected broker (``--broker kafka|tansu|both``; default both
+where Apache Kafka can start here, else Tansu), on a fresh broker process per benchmark
+unless ``--bootstrap`` names one, with its own work directory for configs and daemon logs.
+Every figure is printed beside its raw-aiokafka baseline measured on the same broker. Missed targets do not change the
 exit code; a benchmark that crashes does (1), after the others have run.
 """
 
@@ -28,7 +30,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from services.ops.servers import ServerError, TansuBroker
+from services.ops.servers import LocalServer, ServerError, kafka_available, make_broker
+from services.ops.servers.kafka import kafka_version
 from services.ops.servers.tansu import tansu_binary
 from shared.config import KafkaSettings, format_validation_error
 from tests.bench.harness import BenchContext, Figure, run_in_loop
@@ -122,6 +125,7 @@ def versions() -> dict[str, Any]:
         out["tansu"] = done.stdout.strip() or None
     except (OSError, subprocess.SubprocessError, ServerError):
         out["tansu"] = None
+    out["apache-kafka"] = kafka_version()
     return out
 
 
@@ -139,16 +143,17 @@ def _num(v: float | None) -> str:
 
 
 def table(figures: list[Figure]) -> str:
-    rows = [("benchmark", "figure", "value", "unit", "baseline", "ratio", "target", "met")]
+    rows = [("broker", "benchmark", "figure", "value", "unit", "baseline", "ratio", "target", "met")]
     for f in figures:
+        broker = f.broker or "-"
         if f.skipped:
-            rows.append((f.bench, f.name, "-", "", "-", "-", f.target, f"skipped: {f.skipped}"))
+            rows.append((broker, f.bench, f.name, "-", "", "-", "-", f.target, f"skipped: {f.skipped}"))
             continue
         met = "-" if f.met is None else ("yes" if f.met else "MISSED")
         ratio = "-" if f.ratio is None else f"{f.ratio:.2f}"
-        rows.append((f.bench, f.name, _num(f.value), f.unit, _num(f.baseline), ratio, f.target, met))
+        rows.append((broker, f.bench, f.name, _num(f.value), f.unit, _num(f.baseline), ratio, f.target, met))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {2, 4, 5}
+    right = {3, 5, 6}
     lines = []
     for n, r in enumerate(rows):
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
@@ -170,22 +175,48 @@ def _import(name: str) -> ModuleType:
     return importlib.import_module(f"tests.bench.{name}")
 
 
-def _run_one(module: ModuleType, args: argparse.Namespace, workdir: Path, overrides: dict[str, Any]) -> list[Figure]:
+def _run_one(
+    module: ModuleType, args: argparse.Namespace, workdir: Path, overrides: dict[str, Any], kind: str
+) -> list[Figure]:
+    """Run one benchmark on a fresh broker of ``kind`` (or ``--bootstrap``)."""
     name: str = module.NAME
-    bench_dir = workdir / name
+    bench_dir = workdir / kind / name
     bench_dir.mkdir(parents=True, exist_ok=True)
-    broker: TansuBroker | None = None
-    ctx = BenchContext(quick=args.quick, workdir=bench_dir, bootstrap=args.bootstrap or "", kafka_overrides=overrides)
+    broker: LocalServer | None = None
+    ctx = BenchContext(
+        quick=args.quick, workdir=bench_dir, bootstrap=args.bootstrap or "", kafka_overrides=overrides, broker_kind=kind
+    )
     if module.NEEDS_BROKER and not args.bootstrap:
-        broker = TansuBroker(log_path=bench_dir / "broker.log").start()
-        ctx.bootstrap = broker.bootstrap_servers
+        broker = make_broker(kind, log_path=bench_dir / "broker.log").start()
+        print(f"   broker: {broker.describe()}", flush=True)
+        ctx.bootstrap = broker.address
         ctx.broker_pid = broker.pid
     try:
         figures: list[Figure] = run_in_loop(module.run(ctx))
+        for f in figures:
+            f.broker = kind if module.NEEDS_BROKER else ""
         return figures
     finally:
         if broker is not None:
-            broker.stop()
+            broker.close()
+
+
+def broker_kinds(choice: str | None, bootstrap: str | None) -> list[str]:
+    if bootstrap:
+        return ["external"]
+    if choice in (None, "both"):
+        ok, why = kafka_available()
+        if not ok:
+            if choice == "both":
+                raise SystemExit(f"--broker both: Apache Kafka cannot start here: {why}")
+            print(f"Apache Kafka cannot start here ({why}): benchmarks run on Tansu only", flush=True)
+            return ["tansu"]
+        return ["kafka", "tansu"]
+    if choice == "kafka":
+        ok, why = kafka_available()
+        if not ok:
+            raise SystemExit(f"--broker kafka: Apache Kafka cannot start here: {why}")
+    return [choice]
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -208,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only these (repeat or a,b)")
     p.add_argument("--quick", action="store_true", help="shorter windows and fewer rounds (< 2 minutes in all)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="results file (JSON)")
-    p.add_argument("--bootstrap", default=None, help="use this broker instead of an embedded Tansu per benchmark")
+    p.add_argument(
+        "--broker",
+        choices=["kafka", "tansu", "both"],
+        default=None,
+        help="which broker(s) to launch per benchmark (default: both where Apache Kafka can start, else tansu)",
+    )
+    p.add_argument("--bootstrap", default=None, help="use this running broker instead of launching one")
     p.add_argument(
         "--kafka",
         action="append",
@@ -235,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     selected = [n for n in BENCHMARKS if not wanted or n in wanted]
     overrides = _parse_overrides(args.kafka)
+    kinds = broker_kinds(args.broker, args.bootstrap)
 
     workdir = Path(tempfile.mkdtemp(prefix="livedata-bench-"))
     started_at = datetime.now(UTC)
@@ -242,31 +280,34 @@ def main(argv: list[str] | None = None) -> int:
     durations: dict[str, float] = {}
     crashed = False
     try:
-        for name in selected:
-            t0 = time.monotonic()
-            try:
-                module = _import(name)
-            except Exception as e:
-                traceback.print_exc()
-                print(f"== {name}: does not import", flush=True)
-                reason = f"import failed: {type(e).__name__}: {e}".splitlines()[0][:200]
-                figures.append(Figure(name, name, None, "", skipped=reason))
-                crashed = True
-                continue
-            print(f"== {name}: {module.TITLE}", flush=True)
-            try:
-                got = _run_one(module, args, workdir, overrides)
-            except Exception as e:
-                traceback.print_exc()
-                crashed = True
-                got = [Figure(name, module.TITLE, None, "", skipped=f"failed: {e!r}"[:200])]
-            durations[name] = round(time.monotonic() - t0, 1)
-            for f in got:
-                value = "-" if f.value is None else f"{_num(f.value)} {f.unit}"
-                extra = f" (baseline {_num(f.baseline)}, ratio {f.ratio:.2f})" if f.ratio is not None else ""
-                print(f"   {f.name}: {f.skipped or value}{extra}", flush=True)
-            print(f"   ({durations[name]} s)", flush=True)
-            figures.extend(got)
+        for kind in kinds:
+            for name in selected:
+                t0 = time.monotonic()
+                try:
+                    module = _import(name)
+                except Exception as e:
+                    traceback.print_exc()
+                    print(f"== {name}: does not import", flush=True)
+                    reason = f"import failed: {type(e).__name__}: {e}".splitlines()[0][:200]
+                    figures.append(Figure(name, name, None, "", skipped=reason, broker=kind))
+                    crashed = True
+                    continue
+                if not module.NEEDS_BROKER and kind != kinds[0]:
+                    continue  # no broker involved: measured once
+                print(f"== [{kind}] {name}: {module.TITLE}", flush=True)
+                try:
+                    got = _run_one(module, args, workdir, overrides, kind)
+                except Exception as e:
+                    traceback.print_exc()
+                    crashed = True
+                    got = [Figure(name, module.TITLE, None, "", skipped=f"failed: {e!r}"[:200], broker=kind)]
+                durations[f"{kind}/{name}"] = round(time.monotonic() - t0, 1)
+                for f in got:
+                    value = "-" if f.value is None else f"{_num(f.value)} {f.unit}"
+                    extra = f" (baseline {_num(f.baseline)}, ratio {f.ratio:.2f})" if f.ratio is not None else ""
+                    print(f"   {f.name}: {f.skipped or value}{extra}", flush=True)
+                print(f"   ({durations[f'{kind}/{name}']} s)", flush=True)
+                figures.extend(got)
     finally:
         if args.keep_workdir:
             print(f"work directory kept: {workdir}")
@@ -279,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started_at.isoformat(),
         "quick": args.quick,
         "kafka_overrides": overrides,
-        "broker": args.bootstrap or "embedded Tansu (one per benchmark)",
+        "brokers": [args.bootstrap] if args.bootstrap else kinds,
         "git_commit": git_commit(),
         "machine": machine_info(),
         "versions": versions(),

@@ -47,6 +47,7 @@ class Figure:
     met: bool | None = None  # None: no target, or not measured
     details: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None  # why there is no value
+    broker: str = ""  # which broker it was measured on ("kafka", "tansu", an address, or "" for none)
 
     @property
     def ratio(self) -> float | None:
@@ -69,6 +70,7 @@ class BenchContext:
     bootstrap: str = ""
     kafka_overrides: dict[str, Any] = field(default_factory=dict)
     broker_pid: int | None = None
+    broker_kind: str = ""  # "kafka", "tansu" or "external"
 
     def pick(self, full: T, quick: T) -> T:
         """The full-run value, or the quick one under ``--quick``."""
