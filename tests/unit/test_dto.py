@@ -63,14 +63,18 @@ def test_bar_never_decodes_as_price_update() -> None:
     [
         (b'{"type":"price_update","symbol":"A","price":1,"timestamp":"2024-01-01T00:00:00","source":"s"}', "timezone"),
         (
-            b'{"type":"price_update","symbol":"A","price":1,"timestamp":"2024-01-01T00:00:00Z","source":"s","x":1}',
-            "unknown field `x`",
+            b'{"type":"price_update","symbol":"A","price":1,"timestamp":"2024-01-01T00:00:00Z","source":"s","v":99}',
+            "unsupported schema version",
+        ),
+        (
+            b'{"type":"price_update","symbol":"A","price":1,"timestamp":"2024-01-01T00:00:00Z","source":"s","v":0}',
+            "unsupported schema version",
         ),
         (
             b'{"type":"price_update","symbol":"A","timestamp":"2024-01-01T00:00:00Z","source":"s"}',
             "missing required field `price`",
         ),
-        (b'{"type":"bar","symbol":"A","price":1}', "unknown field `price`"),
+        (b'{"type":"bar","symbol":"A","price":1}', "missing required field"),
         (b'{"type":"nope"}', "Invalid value 'nope'"),
         (b'{"symbol":"A"}', "missing required field `type`"),
         (b'{"type":"price_update","symbol":"","price":1,"timestamp":"2024-01-01T00:00:00Z","source":"s"}', "length"),
@@ -95,3 +99,9 @@ def test_offsets_other_than_utc_keep_the_instant() -> None:
     p = PriceUpdate(symbol="00700.HK", price=1, timestamp=T.astimezone(hk), source="s")
     got = decode(encode(p))
     assert isinstance(got, PriceUpdate) and got.timestamp == T
+
+
+def test_unknown_optional_fields_are_ignored_so_producers_can_add_them() -> None:
+    raw = b'{"type":"price_update","symbol":"A","price":1,"timestamp":"2024-01-01T00:00:00Z","source":"s","new":[1]}'
+    got = decode(raw)
+    assert isinstance(got, PriceUpdate) and got.price == 1 and got.v == 1
