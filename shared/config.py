@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from shared.symbols import Market
 
@@ -211,7 +212,18 @@ class TasktimerSettings(ServiceSettings):
 
     http: HttpSettings = HttpSettings(port=8703)
     misfire_grace_s: float = Field(30.0, ge=0)
-    """A fire missed by less than this (e.g. across a restart) still happens, once."""
+    """A fire missed by less than this (e.g. across a restart, or while the broker is
+    down) still happens, once; several missed instants of one job coalesce into one fire.
+    Older misses are logged and skipped."""
+    lock_ttl_s: float = Field(5.0, gt=0)
+    """Expiry of a replica's claim on one fire (Redis SET NX PX), renewed while it
+    publishes: a replica that dies mid-fire holds the fire back this long at most."""
+    record_ttl_s: float = Field(7 * 86400.0, gt=0)
+    """How long the record of each fire (outcome, replica, lateness) stays in Redis."""
+    redis_prefix: str = Field("ginkgo:tasktimer", pattern=r"^[A-Za-z0-9:._-]+$")
+    """Prefix of the tasktimer's Redis keys."""
+    replica_id: str | None = None
+    """This replica's name in fire records (None: host:pid)."""
 
 
 class LoggingSettings(Strict):
@@ -286,16 +298,29 @@ class JobSettings(Strict):
     """Topic suffix under the prefix."""
     enabled: bool = True
     calendar: Market | None = None
-    """Skip days that are not trading days of this market (weekends for now)."""
+    """Skip days that are not trading days of this market (shared/calendars.py); in a year
+    past the calendar's confirmed horizon the job fires by the weekday rule and alerts."""
 
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
-        from croniter import croniter
+        from cronsim import CronSim, CronSimError
 
-        if len(v.split()) != 5 or not croniter.is_valid(v):
+        if len(v.split()) != 5:
             raise ValueError(f"not a 5-field cron expression: {v!r}")
+        try:
+            CronSim(v, datetime(2000, 1, 1))
+        except CronSimError as e:
+            raise ValueError(f"not a valid cron expression: {v!r} ({e})") from None
         return v
+
+    @model_validator(mode="after")
+    def _params(self) -> JobSettings:
+        problems = job_param_problems(self.command, self.params)
+        if problems:
+            field, msg = problems[0]
+            raise ValueError(f"job {self.name}: {field}: {msg}")
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -311,6 +336,36 @@ class TaskTimerFile(Strict):
     """Everything in task_timer.yml."""
 
     jobs: list[JobSettings] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> TaskTimerFile:
+        seen: set[str] = set()
+        for job in self.jobs:
+            if job.name in seen:
+                raise ValueError(f"job {job.name}: name: appears twice")
+            seen.add(job.name)
+        return self
+
+
+_BAR_SNAPSHOT_PARAMS = frozenset({"market", "date", "period"})
+
+
+def job_param_problems(command: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, problem) for each bad parameter of a known command (unknown commands: none)."""
+    out: list[tuple[str, str]] = []
+    if command == "bar_snapshot":
+        for key in sorted(set(params) - _BAR_SNAPSHOT_PARAMS):
+            out.append((f"params.{key}", "unknown parameter of bar_snapshot (market, date, period)"))
+        if "market" in params and params["market"] not in {m.value for m in Market}:
+            out.append(("params.market", f"{params['market']!r} is not a market (CN, HK, US)"))
+        if "period" in params and params["period"] not in ("1d", "1m"):
+            out.append(("params.period", f"{params['period']!r} is not a period (1d, 1m)"))
+        if "date" in params:
+            try:
+                date.fromisoformat(str(params["date"]))
+            except ValueError:
+                out.append(("params.date", f"{params['date']!r} is not a date (YYYY-MM-DD)"))
+    return out
 
 
 class AppConfig(Strict):
@@ -402,8 +457,11 @@ def load_config(directory: Path | str | None = None, env: Mapping[str, str] | No
     """Load and validate a config directory; raise ConfigError naming file and key."""
     env = dict(os.environ if env is None else env)
     d = Path(directory) if directory is not None else default_config_dir(env)
-    if directory is not None and not d.is_dir():
-        raise ConfigError(f"{d}: config directory does not exist")
+    if not d.is_dir():
+        raise ConfigError(f"{d}: config directory does not exist (--config-dir, else $GINKGO_DIR, else ~/.ginkgo)")
+    if not (d / LIVEDATA_FILE).is_file():
+        # without it every service would silently fall back to a default broker
+        raise ConfigError(f"{d / LIVEDATA_FILE}: not found (an example: deploy/config/demo/{LIVEDATA_FILE})")
 
     def validate(model: type[Strict], file: str, raw: dict[str, Any]) -> Any:
         try:

@@ -13,7 +13,21 @@ def write(d: Path, name: str, text: str) -> None:
     (d / name).write_text(text)
 
 
-def test_empty_directory_gives_defaults(tmp_path: Path) -> None:
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    """A config directory with an empty livedata.yml (the one file every service needs)."""
+    (tmp_path / "livedata.yml").write_text("")
+    return tmp_path
+
+
+def test_a_missing_livedata_yml_is_an_error_not_a_default_broker(tmp_path: Path) -> None:
+    (tmp_path / "livedata.yml").unlink()
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path, env={})
+    assert str(e.value).startswith(f"{tmp_path / 'livedata.yml'}: not found")
+
+
+def test_empty_livedata_yml_gives_defaults(tmp_path: Path) -> None:
     cfg = load_config(tmp_path, env={})
     assert cfg.livedata.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert cfg.livedata.kafka.enable_idempotence == "auto"

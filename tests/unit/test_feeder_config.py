@@ -19,6 +19,7 @@ from shared.symbols import Market
 def feeds_for(
     tmp_path: Path, sources: dict[str, object], secure: dict[str, object] | None = None
 ) -> dict[Market, object]:
+    (tmp_path / "livedata.yml").write_text("")
     (tmp_path / "data_sources.yml").write_text(yaml.safe_dump(sources))
     if secure is not None:
         (tmp_path / "secure.yml").write_text(yaml.safe_dump(secure))
