@@ -1,24 +1,57 @@
 """Ticks → 1-minute and daily bars per symbol, days cut in the market's timezone.
 
 Volume per bar: snapshot sources carry the day's CUMULATIVE volume/amount, which are
-differenced per symbol (a decrease means a correction or a new day: that tick adds
-nothing); trade streams carry ``last_size``, which is summed. Minute bars are closed by
-``close_due`` on a timer too, so the last bar before a break is not left open.
+differenced per symbol (a decrease means a correction or a late tick: that tick adds
+nothing); trade streams carry ``last_size``, which is summed. Where a source reports the
+day's open/high/low and cumulative volume (EastMoney, Tencent, FuShu), the daily bar takes
+those figures, so a datamanager that starts late still reports the exchange's day; where
+it does not (Alpaca trades), the day is aggregated from the ticks seen and its ``source``
+says so (``alpaca/aggregated``).
+
+Minute bars close on a timer (``close_due``) at their end, so the last bar before a break
+is not left open and a break gets no empty bars (bars exist only where ticks are). A tick
+older than its symbol's newest by at most ``late_grace_s`` revises the bar it falls in; an
+older one is ignored and counted (``late``). Redeliveries are recognised by the record's
+(partition, offset) against the newest folded into the symbol, so a replay after a crash
+never counts a trade twice. Every changed bar is marked for the store (``drain``).
 """
 
 from __future__ import annotations
 
+import math
 from array import array
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import NamedTuple
 
+from services.datamanager.quality import LIMIT_SLACK, board_limit
 from shared.dto import Bar, PriceUpdate
 from shared.symbols import MARKET_TIMEZONES, Market, market_of
 
 _MINUTE_FIELDS = 7
+AGGREGATED = "/aggregated"
 
-# A move larger than this from the previous tick is implausible (dropped, counted).
-JUMP_LIMITS: dict[Market, float] = {Market.CN: 0.21, Market.HK: 0.5, Market.US: 0.5}
+
+class BarRow(NamedTuple):
+    """One stored version of a bar (the ClickHouse row); times in epoch milliseconds."""
+
+    symbol: str
+    period: str
+    start_ms: int
+    trading_day: date
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    amount: float
+    prev_close: float | None
+    source: str
+    last_tick_ms: int
+    tick_partition: int
+    tick_offset: int
+    cum_volume: float | None
+    cum_amount: float | None
 
 
 @dataclass(slots=True)
@@ -35,7 +68,7 @@ class _Ohlcv:
 @dataclass(slots=True)
 class _SymbolBars:
     market: Market
-    jump_limit: float
+    limit: float | None  # board limit vs previous close (fraction), None: none
     day: date | None = None
     day_start: float = 0.0  # epoch of the trading day's local midnight
     day_end: float = 0.0
@@ -44,10 +77,16 @@ class _SymbolBars:
     last_size: float | None = None
     last_cum_volume: float | None = None
     last_cum_amount: float | None = None
+    last_partition: int = -1
+    last_offset: int = -1
+    last_tick: PriceUpdate | None = None
     minute: _Ohlcv | None = None
     daily: _Ohlcv | None = None
     prev_close: float | None = None
+    limit_lo: float = 0.0  # prices outside [limit_lo, limit_hi] are flagged (0, inf: none)
+    limit_hi: float = math.inf
     source: str = ""
+    day_true: bool = False  # the daily bar carries the source's own day figures
     # closed minute bars, 7 doubles each (start, o, h, l, c, volume, amount): ~56 B a bar
     # instead of ~330 B as Bar objects; Bars are built only when a snapshot asks
     minutes: array[float] = field(default_factory=lambda: array("d"))
@@ -58,50 +97,89 @@ def _utc(epoch: float) -> datetime:
 
 
 class BarAggregator:
-    """In-memory bars for today; ``on_tick`` returns a rejection reason or None."""
+    """In-memory bars for today; ``on_tick`` returns a rejection reason or None.
 
-    def __init__(self, minute_history: int = 120) -> None:
+    ``clock_limit`` (epoch s) is set by the caller once per batch: ticks stamped after it
+    are rejected (``future_timestamp``). ``flags`` collects (symbol, price, prev_close)
+    for moves beyond the board's limit; the caller alerts and clears it.
+    """
+
+    def __init__(
+        self,
+        minute_history: int = 120,
+        late_grace_s: float = 10.0,
+        max_price: float = 1e9,
+        st_symbols: frozenset[str] = frozenset(),
+        no_limit_symbols: frozenset[str] = frozenset(),
+    ) -> None:
         self.minute_history = minute_history
+        self.late_grace_s = late_grace_s
+        self.max_price = max_price
+        self.st_symbols = st_symbols
+        self.no_limit_symbols = no_limit_symbols
+        self.clock_limit = math.inf
         self._symbols: dict[str, _SymbolBars] = {}
         self._open_minutes: dict[float, set[str]] = {}
+        self._dirty: set[str] = set()  # daily / open minute changed since the last drain
+        self._closed: list[BarRow] = []  # minute bars closed or revised since the last drain
         self.rejected: dict[str, int] = {}
+        self.flags: list[tuple[str, float, float]] = []
         self.ticks = 0
+        self.revisions = 0
 
     def _state(self, symbol: str) -> _SymbolBars:
         st = self._symbols.get(symbol)
         if st is None:
-            market = market_of(symbol)
-            st = self._symbols[symbol] = _SymbolBars(market, JUMP_LIMITS[market])
+            market = market_of(symbol)  # SymbolError for a symbol of no market
+            limit = board_limit(symbol, symbol in self.st_symbols, symbol in self.no_limit_symbols)
+            st = self._symbols[symbol] = _SymbolBars(market, limit)
         return st
 
     def _reject(self, reason: str) -> str:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         return reason
 
-    def on_tick(self, t: PriceUpdate) -> str | None:
+    def _set_prev_close(self, st: _SymbolBars, prev: float | None) -> None:
+        st.prev_close = prev
+        if prev and st.limit is not None:
+            st.limit_lo = prev * (1.0 - st.limit - LIMIT_SLACK)
+            st.limit_hi = prev * (1.0 + st.limit + LIMIT_SLACK)
+        else:
+            st.limit_lo, st.limit_hi = 0.0, math.inf
+
+    def on_tick(self, t: PriceUpdate, partition: int = -1, offset: int = -1) -> str | None:
         # The hot path of the datamanager: locals and inlined updates on purpose.
         price = t.price
-        if not price > 0:
-            return self._reject("non_positive_price")
+        if not 0.0 < price <= self.max_price:  # also NaN and inf
+            return self._reject("non_positive_price" if price <= 0.0 else "bad_price")
         volume = t.volume
         size = t.last_size
-        if (volume is not None and volume < 0) or (size is not None and size < 0):
+        if (volume is not None and not volume >= 0) or (size is not None and not size >= 0):
             return self._reject("negative_volume")
+        if t.snapshot:
+            return self._reject("snapshot_replay")  # our own replay of a latest price
         symbol = t.symbol
         st = self._symbols.get(symbol)
         if st is None:
             st = self._state(symbol)
+        if offset >= 0 and partition == st.last_partition and offset <= st.last_offset:
+            return self._reject("redelivered")
         ts = t.timestamp.timestamp()
+        if ts > self.clock_limit:
+            return self._reject("future_timestamp")
         if ts <= st.last_ts:
             if ts < st.last_ts:
-                return self._reject("time_backwards")
+                if ts < st.last_ts - self.late_grace_s:
+                    return self._reject("late")
+                return self._late(t, st, ts, partition, offset)
             if price == st.last_price and volume == st.last_cum_volume and size == st.last_size:
                 return self._reject("duplicate")
-        last_price = st.last_price
-        if last_price and abs(price / last_price - 1.0) > st.jump_limit:
-            return self._reject("implausible_jump")
         if ts >= st.day_end:
-            self._new_day(st, ts)
+            self._new_day(symbol, st, ts)
+        if t.prev_close is not None and t.prev_close != st.prev_close and t.prev_close > 0:
+            self._set_prev_close(st, t.prev_close)
+        if price > st.limit_hi or price < st.limit_lo:
+            self.flags.append((symbol, price, st.prev_close or 0.0))
         # volume and amount traded since the previous tick
         if volume is not None:
             prev = st.last_cum_volume
@@ -121,6 +199,9 @@ class BarAggregator:
         st.last_ts = ts
         st.last_price = price
         st.last_size = size
+        st.last_partition = partition
+        st.last_offset = offset
+        st.last_tick = t
         st.source = t.source
         minute_start = ts - ts % 60.0
         m = st.minute
@@ -138,17 +219,23 @@ class BarAggregator:
             st.minute = _Ohlcv(minute_start, price, price, price, price, dv, da)
             self._open_minutes.setdefault(minute_start, set()).add(symbol)
         d = st.daily
+        opening = t.open_price
         if d is None:
-            opening = t.open_price if t.open_price is not None else price
-            st.daily = d = _Ohlcv(st.day_start, opening, max(opening, price), min(opening, price), price)
+            st.day_true = opening is not None and volume is not None
+            first = opening if opening is not None else price
+            st.daily = d = _Ohlcv(st.day_start, first, max(first, price), min(first, price), price)
+        elif opening is not None and st.day_true:
+            d.open = opening  # the source's day open is the truth
         high = t.high_price
         if high is None or high < price:
             high = price
-        d.high = max(d.high, high)
+        if high > d.high:
+            d.high = high
         low = t.low_price
         if low is None or low <= 0 or low > price:
             low = price
-        d.low = min(d.low, low)
+        if low < d.low:
+            d.low = low
         d.close = price
         if volume is not None:  # the day's cumulative figures are the truth when known
             d.volume = volume
@@ -156,15 +243,69 @@ class BarAggregator:
         else:
             d.volume += dv
             d.amount += da
+        self._dirty.add(symbol)
         self.ticks += 1
         return None
 
-    def _new_day(self, st: _SymbolBars, ts: float) -> None:
+    def _late(self, t: PriceUpdate, st: _SymbolBars, ts: float, partition: int, offset: int) -> str | None:
+        """A tick within the grace behind its symbol's newest: revise the bar it falls in."""
+        symbol = t.symbol
+        price = t.price
+        if ts < st.day_start or st.daily is None:
+            return self._reject("late")  # yesterday's, once today has begun
+        volume = t.volume
+        if volume is not None:
+            dv = da = 0.0  # cumulative figures behind the newest add nothing
+        else:
+            dv = t.last_size or 0.0
+            da = dv * price
+        minute_start = ts - ts % 60.0
+        m = st.minute
+        if m is not None and m.start == minute_start:
+            m.high = max(m.high, price)
+            m.low = min(m.low, price)
+            m.volume += dv
+            m.amount += da
+        elif not self._revise_closed(symbol, st, minute_start, price, dv, da):
+            return self._reject("late")
+        d = st.daily
+        d.high = max(d.high, price)
+        d.low = min(d.low, price)
+        if volume is None:
+            d.volume += dv
+            d.amount += da
+        if offset >= 0:
+            st.last_partition, st.last_offset = partition, offset
+        self._dirty.add(symbol)
+        self.revisions += 1
+        self.ticks += 1
+        return None
+
+    def _revise_closed(self, symbol: str, st: _SymbolBars, start: float, price: float, dv: float, da: float) -> bool:
+        ms = st.minutes
+        for i in range(len(ms) - _MINUTE_FIELDS, -1, -_MINUTE_FIELDS):
+            if ms[i] == start:
+                ms[i + 2] = max(ms[i + 2], price)
+                ms[i + 3] = min(ms[i + 3], price)
+                ms[i + 5] += dv
+                ms[i + 6] += da
+                self._closed.append(self._row(symbol, st, _Ohlcv(*ms[i : i + _MINUTE_FIELDS]), "1m"))
+                return True
+            if ms[i] < start:  # no bar in that minute yet: insert one in order
+                j = i + _MINUTE_FIELDS
+                ms[j:j] = array("d", (start, price, price, price, price, dv, da))
+                self._closed.append(self._row(symbol, st, _Ohlcv(start, price, price, price, price, dv, da), "1m"))
+                return True
+        return False
+
+    def _new_day(self, symbol: str, st: _SymbolBars, ts: float) -> None:
+        if st.minute is not None:
+            self._close_minute(symbol, st)
         tz = MARKET_TIMEZONES[st.market]
         local = datetime.fromtimestamp(ts, tz)
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
         if st.daily is not None:
-            st.prev_close = st.daily.close
+            self._set_prev_close(st, st.daily.close)
         st.day = local.date()
         st.day_start = midnight.timestamp()
         st.day_end = (midnight + timedelta(days=1)).replace(tzinfo=tz).timestamp()
@@ -183,6 +324,7 @@ class BarAggregator:
             if not opened:
                 del self._open_minutes[m.start]
         st.minutes.extend((m.start, m.open, m.high, m.low, m.close, m.volume, m.amount))
+        self._closed.append(self._row(symbol, st, m, "1m"))
         excess = len(st.minutes) - self.minute_history * _MINUTE_FIELDS
         if excess > 0:
             del st.minutes[:excess]
@@ -197,9 +339,90 @@ class BarAggregator:
                 closed += 1
         return closed
 
+    # -- the store's view -----------------------------------------------------------------
+
+    def _row(self, symbol: str, st: _SymbolBars, o: _Ohlcv, period: str) -> BarRow:
+        daily = period == "1d"
+        source = st.source + AGGREGATED if daily and not st.day_true else st.source
+        return BarRow(
+            symbol,
+            period,
+            round(o.start * 1000),
+            st.day or date(1970, 1, 1),
+            o.open,
+            o.high,
+            o.low,
+            o.close,
+            o.volume,
+            round(o.amount, 4),
+            st.prev_close,
+            source,
+            round(st.last_ts * 1000),
+            st.last_partition,
+            st.last_offset,
+            st.last_cum_volume,
+            st.last_cum_amount,
+        )
+
+    def drain(self) -> list[BarRow]:
+        """Every bar changed since the last drain, latest state (closed minutes, open
+        minutes and daily bars of symbols that ticked)."""
+        rows, self._closed = self._closed, []
+        for symbol in self._dirty:
+            st = self._symbols.get(symbol)
+            if st is None:
+                continue
+            if st.minute is not None:
+                rows.append(self._row(symbol, st, st.minute, "1m"))
+            if st.daily is not None:
+                rows.append(self._row(symbol, st, st.daily, "1d"))
+        self._dirty.clear()
+        return rows
+
+    def latest_ticks(self, symbols: set[str] | None = None) -> list[PriceUpdate]:
+        """The newest accepted tick of ``symbols`` (default: those changed since drain)."""
+        out = []
+        for s in self._dirty if symbols is None else symbols:
+            st = self._symbols.get(s)
+            if st is not None and st.last_tick is not None:
+                out.append(st.last_tick)
+        return out
+
+    def restore(self, rows: list[BarRow]) -> int:
+        """Resume from stored rows: each symbol's daily bar and its newest minute bar."""
+        restored = 0
+        for r in sorted(rows, key=lambda r: (r.period != "1d", r.start_ms)):
+            try:
+                st = self._state(r.symbol)
+            except ValueError:
+                continue
+            if r.period == "1d":
+                tz = MARKET_TIMEZONES[st.market]
+                st.day = r.trading_day
+                st.day_start = r.start_ms / 1000.0
+                midnight = datetime.fromtimestamp(st.day_start, tz)
+                st.day_end = (midnight + timedelta(days=1)).replace(tzinfo=tz).timestamp()
+                st.daily = _Ohlcv(st.day_start, r.open, r.high, r.low, r.close, r.volume, r.amount)
+                self._set_prev_close(st, r.prev_close)
+                st.day_true = not r.source.endswith(AGGREGATED)
+                st.source = r.source.removesuffix(AGGREGATED)
+                st.last_ts = r.last_tick_ms / 1000.0
+                st.last_price = r.close
+                st.last_partition, st.last_offset = r.tick_partition, r.tick_offset
+                st.last_cum_volume, st.last_cum_amount = r.cum_volume, r.cum_amount
+                restored += 1
+            elif st.day == r.trading_day and st.minute is None:
+                start = r.start_ms / 1000.0
+                st.minute = _Ohlcv(start, r.open, r.high, r.low, r.close, r.volume, r.amount)
+                self._open_minutes.setdefault(start, set()).add(r.symbol)
+        return restored
+
+    # -- bars for snapshots -----------------------------------------------------------------
+
     def _bar(self, symbol: str, st: _SymbolBars, o: _Ohlcv, period: str) -> Bar:
         change = change_pct = None
-        if period == "1d" and st.prev_close:
+        daily = period == "1d"
+        if daily and st.prev_close:
             change = round(o.close - st.prev_close, 6)
             change_pct = round(change / st.prev_close * 100.0, 4)
         return Bar(
@@ -214,7 +437,7 @@ class BarAggregator:
             change=change,
             change_pct=change_pct,
             timestamp=_utc(o.start),
-            source=st.source,
+            source=st.source + AGGREGATED if daily and not st.day_true else st.source,
             trading_day=st.day.isoformat() if st.day else None,
         )
 
@@ -242,6 +465,7 @@ class BarAggregator:
         """Drop the state of symbols nobody is subscribed to any more."""
         for s in symbols:
             st = self._symbols.pop(s, None)
+            self._dirty.discard(s)
             if st is not None and st.minute is not None:
                 opened = self._open_minutes.get(st.minute.start)
                 if opened is not None:
@@ -250,3 +474,26 @@ class BarAggregator:
     @property
     def symbol_count(self) -> int:
         return len(self._symbols)
+
+
+def row_bar(r: BarRow) -> Bar:
+    """The wire bar of a stored row (change from its previous close)."""
+    change = change_pct = None
+    if r.period == "1d" and r.prev_close:
+        change = round(r.close - r.prev_close, 6)
+        change_pct = round(change / r.prev_close * 100.0, 4)
+    return Bar(
+        symbol=r.symbol,
+        period=r.period,  # type: ignore[arg-type]
+        open=r.open,
+        high=r.high,
+        low=r.low,
+        close=r.close,
+        volume=r.volume,
+        amount=round(r.amount, 4),
+        change=change,
+        change_pct=change_pct,
+        timestamp=_utc(r.start_ms / 1000.0),
+        source=r.source,
+        trading_day=r.trading_day.isoformat(),
+    )

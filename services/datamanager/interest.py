@@ -12,9 +12,12 @@ SubscriberId = tuple[str, str]  # (portfolio_id, node_id)
 
 
 @dataclass(slots=True)
-class _Subscriber:
+class Subscriber:
+    """One subscriber's interest as stored: its set, lease end and the last record applied."""
+
     symbols: frozenset[str]
     expires_at: float | None  # epoch seconds; None: no lease
+    offset: int = -1  # offset of the last interest record applied (its key fixes the partition)
 
 
 class InterestRegistry:
@@ -22,12 +25,18 @@ class InterestRegistry:
 
     ``replace`` replaces that subscriber's set only; ``add``/``remove``/``clear`` change
     it. A subscriber with a lease that is not renewed (any update renews it) is dropped
-    by ``expire``. Every method returns the markets whose union changed.
+    by ``expire``. Every method returns the markets whose union changed. A record applied
+    again (its offset not past the subscriber's last) changes nothing. ``dirty`` names the
+    subscribers changed since the store last took them; ``last_added`` the symbols the
+    last ``apply`` added to that subscriber (for snapshot-on-subscribe).
     """
 
-    def __init__(self, default_lease_s: float | None = None) -> None:
+    def __init__(self, default_lease_s: float | None = None, max_lease_s: float = 86_400.0) -> None:
         self.default_lease_s = default_lease_s
-        self._subscribers: dict[SubscriberId, _Subscriber] = {}
+        self.max_lease_s = max_lease_s
+        self._subscribers: dict[SubscriberId, Subscriber] = {}
+        self.dirty: set[SubscriberId] = set()
+        self.last_added: frozenset[str] = frozenset()
         self._refcount: dict[str, int] = {}
         self._by_market: dict[Market, set[str]] = {m: set() for m in Market}
 
@@ -36,11 +45,14 @@ class InterestRegistry:
         """Canonical symbols of an update; raises SymbolError naming a bad one."""
         return tuple(normalize(s) for s in update.symbols)
 
-    def apply(self, update: InterestUpdate) -> set[Market]:
+    def apply(self, update: InterestUpdate, offset: int = -1) -> set[Market]:
         """Apply one update (symbols must pass ``validate``) and return changed markets."""
         sid = (update.portfolio_id, update.node_id)
         symbols = frozenset(self.validate(update))
         current = self._subscribers.get(sid)
+        self.last_added = frozenset()
+        if current is not None and 0 <= offset <= current.offset:
+            return set()  # a redelivery
         old = current.symbols if current else frozenset()
         kind = update.update_type
         if kind == "replace":
@@ -52,12 +64,32 @@ class InterestRegistry:
         else:  # clear
             new = frozenset()
         lease = update.lease_s if update.lease_s is not None else self.default_lease_s
-        expires = update.timestamp.timestamp() + lease if lease is not None else None
+        expires = update.timestamp.timestamp() + min(lease, self.max_lease_s) if lease is not None else None
         if new:
-            self._subscribers[sid] = _Subscriber(new, expires)
+            self._subscribers[sid] = Subscriber(new, expires, offset)
         else:
             self._subscribers.pop(sid, None)
+        self.dirty.add(sid)
+        self.last_added = new - old
         return self._change(old, new)
+
+    def load(self, subscribers: dict[SubscriberId, Subscriber]) -> None:
+        """Replace the whole state with stored subscribers (a restart or a takeover)."""
+        self._subscribers.clear()
+        self._refcount.clear()
+        for symbols in self._by_market.values():
+            symbols.clear()
+        for sid, sub in subscribers.items():
+            if sub.symbols:
+                self._subscribers[sid] = sub
+                self._change((), sub.symbols)
+        self.dirty.clear()
+
+    def take_dirty(self) -> dict[SubscriberId, Subscriber | None]:
+        """The subscribers changed since the last call (None: gone), for the store."""
+        out = {sid: self._subscribers.get(sid) for sid in self.dirty}
+        self.dirty.clear()
+        return out
 
     def expire(self, now: float) -> tuple[set[Market], list[SubscriberId]]:
         """Drop subscribers whose lease ended before ``now`` (epoch s)."""
@@ -65,6 +97,7 @@ class InterestRegistry:
         changed: set[Market] = set()
         for sid in gone:
             changed |= self._change(self._subscribers.pop(sid).symbols, frozenset())
+            self.dirty.add(sid)
         return changed, gone
 
     def _change(self, old: Iterable[str], new: frozenset[str]) -> set[Market]:

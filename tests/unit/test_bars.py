@@ -71,20 +71,27 @@ def test_new_trading_day_in_market_timezone() -> None:
 
 
 def test_quality_rejections_are_counted() -> None:
-    agg = BarAggregator()
+    agg = BarAggregator(late_grace_s=5)
     assert agg.on_tick(tick("AAPL", 0.0, T)) == "non_positive_price"
+    assert agg.on_tick(tick("AAPL", float("nan"), T)) == "bad_price"
+    assert agg.on_tick(tick("AAPL", float("inf"), T)) == "bad_price"
+    assert agg.on_tick(tick("AAPL", 1e308, T)) == "bad_price"
     assert agg.on_tick(tick("AAPL", 10.0, T, volume=-1)) == "negative_volume"
     assert agg.on_tick(tick("AAPL", 10.0, T)) is None
-    assert agg.on_tick(tick("AAPL", 10.0, T - timedelta(seconds=1))) == "time_backwards"
-    assert agg.on_tick(tick("AAPL", 30.0, T)) == "implausible_jump"
-    assert agg.on_tick(tick("AAPL", 10.0, T)) == "duplicate"
-    assert agg.on_tick(tick("AAPL", 10.01, T)) is None  # same instant, another price: a real tick
+    assert agg.on_tick(tick("AAPL", 10.0, T - timedelta(seconds=6))) == "late"
+    assert agg.on_tick(tick("AAPL", 30.0, T)) is None  # a real move is never dropped
+    assert agg.on_tick(tick("AAPL", 30.0, T)) == "duplicate"
+    assert agg.on_tick(tick("AAPL", 30.01, T)) is None  # same instant, another price: a real tick
+    agg.clock_limit = T.timestamp() + 60
+    assert agg.on_tick(tick("AAPL", 30.0, datetime(2100, 1, 1, tzinfo=UTC))) == "future_timestamp"
+    assert agg.on_tick(tick("AAPL", 30.2, T + timedelta(seconds=1))) is None  # not frozen
     assert agg.rejected == {
         "non_positive_price": 1,
+        "bad_price": 3,
         "negative_volume": 1,
-        "time_backwards": 1,
-        "implausible_jump": 1,
+        "late": 1,
         "duplicate": 1,
+        "future_timestamp": 1,
     }
 
 

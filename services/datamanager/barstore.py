@@ -1,0 +1,219 @@
+"""Bars in ClickHouse through asynch: one versioned row per (symbol, period, start).
+
+Schema kept to what ClickHouse 18.16 and current releases both accept: times as epoch
+milliseconds (Int64), the trading day as Date, no DateTime64/LowCardinality/Map/CODEC/TTL.
+``ReplacingMergeTree(version)`` ordered by (symbol, period, start) keeps the newest
+version of a bar once parts merge; reads use ``FINAL`` so a replay or a late-tick
+revision is never seen twice before that.
+
+Writes go through ``pending`` (the newest version per bar, bounded by the caller): a
+flush inserts everything pending in one batch; on any error the connection is dropped
+(asynch 0.4 cannot be trusted after one: "expected Pong", stale connections) and the
+rows stay pending for the next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from datetime import date
+from typing import Any
+
+from asynch import Connection
+
+from services.datamanager.bars import BarRow
+from shared.logs import kv
+
+log = logging.getLogger("datamanager.clickhouse")
+
+COLUMNS = (
+    "symbol",
+    "period",
+    "start",
+    "trading_day",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "amount",
+    "prev_close",
+    "source",
+    "last_tick_ms",
+    "tick_partition",
+    "tick_offset",
+    "cum_volume",
+    "cum_amount",
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS {db}.bars (
+    symbol String,
+    period String,
+    start Int64,
+    trading_day Date,
+    open Float64,
+    high Float64,
+    low Float64,
+    close Float64,
+    volume Float64,
+    amount Float64,
+    prev_close Nullable(Float64),
+    source String,
+    last_tick_ms Int64,
+    tick_partition Int32,
+    tick_offset Int64,
+    cum_volume Nullable(Float64),
+    cum_amount Nullable(Float64),
+    version UInt64
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(trading_day)
+ORDER BY (symbol, period, start)
+"""
+
+BarKey = tuple[str, str, int]
+
+
+class ClickHouseBars:
+    """The bars table: batched upserts with retry, reads with FINAL."""
+
+    def __init__(self, url: str, database: str, timeout_s: float = 2.0) -> None:
+        self._url = url
+        self.database = database
+        self._timeout_s = timeout_s
+        self._conn: Connection | None = None
+        self._schema_ready = False
+        self._version = 0
+        self.pending: dict[BarKey, BarRow] = {}
+        self.stored = 0  # rows inserted
+        self.failures = 0  # failed operations (each dropped its connection)
+        self.healthy = False
+        self._lock = asyncio.Lock()  # one query at a time per connection
+
+    def _next_version(self) -> int:
+        v = max(self._version + 1, time.time_ns() // 1000)
+        self._version = v
+        return v
+
+    async def _connection(self) -> Connection:
+        if self._conn is None:
+            conn = Connection(
+                dsn=self._url,
+                connect_timeout=self._timeout_s,
+                send_receive_timeout=self._timeout_s,
+                sync_request_timeout=self._timeout_s,
+            )
+            await asyncio.wait_for(conn.connect(), self._timeout_s)
+            self._conn = conn
+        if not self._schema_ready:
+            await self._run(self._conn, f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            await self._run(self._conn, SCHEMA.format(db=self.database))
+            self._schema_ready = True
+        return self._conn
+
+    async def _run(self, conn: Connection, query: str, args: Any = None) -> list[Any]:
+        async with conn.cursor() as cur:
+            await asyncio.wait_for(cur.execute(query, args), self._timeout_s * 5)
+            if query.lstrip().upper().startswith("SELECT"):
+                rows: list[Any] = await cur.fetchall()
+                return rows
+            return []
+
+    async def _discard(self, error: BaseException) -> None:
+        self.failures += 1
+        self.healthy = False
+        conn, self._conn = self._conn, None
+        log.warning("clickhouse operation failed; connection dropped", extra=kv(error=repr(error)[:300]))
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 1.0)
+            except Exception as e:  # the connection is broken anyway
+                log.debug("closing a broken connection failed", extra=kv(error=repr(e)))
+
+    async def execute(self, query: str, args: Any = None) -> list[Any]:
+        """Run one query; any error drops the connection and is raised."""
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                rows = await self._run(conn, query, args)
+            except asyncio.CancelledError:
+                await self._discard(asyncio.CancelledError())
+                raise
+            except Exception as e:
+                await self._discard(e)
+                raise
+            self.healthy = True
+            return rows
+
+    async def start(self) -> bool:
+        """Connect and create the schema; False (logged) if ClickHouse is away for now."""
+        try:
+            await self.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 1.0)
+            except Exception as e:
+                log.debug("closing clickhouse connection failed", extra=kv(error=repr(e)))
+
+    def add(self, rows: Iterable[BarRow]) -> None:
+        pending = self.pending
+        for r in rows:
+            pending[(r.symbol, r.period, r.start_ms)] = r
+
+    async def flush(self) -> bool:
+        """Insert everything pending in one batch; True if nothing is left pending."""
+        if not self.pending:
+            return True
+        batch = self.pending
+        self.pending = {}
+        version = self._next_version()
+        values = [(*r, version) for r in batch.values()]
+        try:
+            await self.execute(f"INSERT INTO {self.database}.bars ({', '.join(COLUMNS)}, version) VALUES", values)
+        except Exception:
+            batch.update(self.pending)  # rows added meanwhile are newer
+            self.pending = batch
+            return False
+        self.stored += len(values)
+        return not self.pending
+
+    async def read(self, day: date, period: str, symbols: Iterable[str] | None = None) -> list[BarRow]:
+        """Stored bars of ``day`` (newest version of each), optionally for ``symbols`` only."""
+        where = "trading_day = %(day)s AND period = %(period)s"
+        args: dict[str, Any] = {"day": day, "period": period}
+        names = tuple(symbols) if symbols is not None else None
+        if names is not None:
+            if not names:
+                return []
+            where += " AND symbol IN %(symbols)s"
+            args["symbols"] = names
+        rows = await self.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM {self.database}.bars FINAL WHERE {where} ORDER BY symbol, start", args
+        )
+        return [BarRow(*r) for r in rows]
+
+    async def resume_rows(self, days: Iterable[date]) -> list[BarRow]:
+        """Each symbol's daily bar and newest minute bar of ``days`` (to resume aggregation)."""
+        day_list = tuple(sorted(set(days)))
+        if not day_list:
+            return []
+        cols = ", ".join(COLUMNS)
+        table = f"{self.database}.bars"
+        daily = await self.execute(
+            f"SELECT {cols} FROM {table} FINAL WHERE period = '1d' AND trading_day IN %(days)s", {"days": day_list}
+        )
+        minutes = await self.execute(
+            f"SELECT {cols} FROM {table} FINAL WHERE period = '1m' AND trading_day IN %(days)s"
+            f" AND (symbol, start) IN (SELECT symbol, max(start) FROM {table}"
+            " WHERE period = '1m' AND trading_day IN %(days)s GROUP BY symbol)",
+            {"days": day_list},
+        )
+        return [BarRow(*r) for r in daily] + [BarRow(*r) for r in minutes]
