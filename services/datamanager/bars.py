@@ -229,13 +229,11 @@ class BarAggregator:
         high = t.high_price
         if high is None or high < price:
             high = price
-        if high > d.high:
-            d.high = high
+        d.high = max(d.high, high)
         low = t.low_price
         if low is None or low <= 0 or low > price:
             low = price
-        if low < d.low:
-            d.low = low
+        d.low = min(d.low, low)
         d.close = price
         if volume is not None:  # the day's cumulative figures are the truth when known
             d.volume = volume

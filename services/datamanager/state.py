@@ -97,7 +97,9 @@ class MemoryState(DatamanagerState):
         self._claimed: set[str] = set()
 
     async def load_interest(self) -> InterestState:
-        return InterestState(dict(self._interest.subscribers), dict(self._interest.offsets), dict(self._interest.revisions))
+        return InterestState(
+            dict(self._interest.subscribers), dict(self._interest.offsets), dict(self._interest.revisions)
+        )
 
     async def save_interest(
         self, changed: dict[SubscriberId, Subscriber | None], offsets: dict[int, int], revisions: dict[str, int]
