@@ -11,9 +11,11 @@ Schema evolution, the rule every producer and consumer follows:
   instead of misreading it, so producers move to a new major only after the consumers.
 - Adding an OPTIONAL field (with a default) keeps ``v``: consumers ignore fields they do
   not know, so a producer may add one before every consumer is upgraded.
-- A required field, a wrong type or a missing ``type`` is an error (dead-lettered). msgspec rather than pydantic because the tick
-path must build, encode and decode tens of thousands of messages a second on 2 cores:
-measured here, pydantic costs ~12 us to build and encode a tick, msgspec ~2.5 us.
+- A required field, a wrong type or a missing ``type`` is an error (dead-lettered).
+
+msgspec rather than pydantic because the tick path must build, encode and decode tens of
+thousands of messages a second on 2 cores: measured here, pydantic costs ~12 us to build
+and encode a tick, msgspec ~2.5 us.
 
 Units, so every number has one meaning:
 - prices in the instrument's quote currency;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -18,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
+from shared.backoff import Backoff
+from shared.broker_watch import BrokerWatch
 from shared.config import AppConfig, ConfigError, HttpSettings, ServiceSettings, load_config
 from shared.events import SystemEvents
-from shared.kafka import KafkaPublisher, ensure_system_topics
+from shared.kafka import KafkaPublisher
 from shared.logs import kv, setup_logging
 from shared.metrics import ServiceMetrics
 from shared.tasks import cancel_and_wait
@@ -48,18 +52,44 @@ class Service(abc.ABC):
         self.metrics = ServiceMetrics(self.name)
         self.publisher = KafkaPublisher(live.kafka, f"{live.kafka.client_id}-{self.name}", self.metrics)
         self.events = SystemEvents(self.name, self.topics.system_events)
-        self.broker_ok = False
+        self.broker = BrokerWatch(live.kafka, self.topics, self.events, f"{live.kafka.client_id}-{self.name}")
+        self._producing = False
+        self._watch_stop = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
 
-    async def start_kafka(self) -> None:
-        """Create missing topics (if configured) and start the producer."""
-        if self.kafka.create_topics:
-            await ensure_system_topics(self.kafka, self.topics)
-        await self.publisher.start()
-        self.broker_ok = True
+    @property
+    def broker_ok(self) -> bool:
+        """The broker answers and our producer is started (what readiness reports)."""
+        return self._producing and self.broker.up
+
+    async def start_kafka(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait for the broker (backoff; not ready meanwhile), create missing topics (if
+        configured), start the producer and the broker watch. False if ``stop`` was set
+        before the broker answered."""
+        stop = stop or asyncio.Event()
+        if not await self.broker.connect(stop):
+            return False
+        backoff = Backoff(base_s=0.2, cap_s=5.0)
+        while True:
+            try:
+                await self.publisher.start()
+                break
+            except KafkaError as e:
+                log.warning("producer start failed, retrying", extra=kv(error=repr(e)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff.next_delay())
+                if stop.is_set():
+                    return False
+        self._producing = True
+        self._watch_task = asyncio.create_task(self.broker.run(self._watch_stop), name=f"{self.name}.broker-watch")
+        return True
 
     async def stop_kafka(self) -> None:
         """Flush and close the producer; never raises (shutdown goes on)."""
-        self.broker_ok = False
+        self._producing = False
+        self._watch_stop.set()
+        if self._watch_task is not None:
+            await cancel_and_wait([self._watch_task])
         try:
             await self.publisher.stop()
         except Exception as e:

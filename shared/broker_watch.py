@@ -1,0 +1,210 @@
+"""Whether the broker answers, for every service: start-up wait, outages, vanished topics.
+
+One ``BrokerWatch`` per service probes the broker with a metadata request every
+``probe_interval_s`` on its own connection. It logs one line per state change (and a
+summary while an outage lasts), emits ``broker`` status events, recreates the system's
+topics when they vanished (the embedded Tansu broker loses them on a restart), and calls
+the service's reconnect hooks once the broker is back, so each service can republish,
+re-announce or re-read what the outage may have cost it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
+
+from shared.backoff import Backoff
+from shared.config import KafkaSettings
+from shared.events import SystemEvents
+from shared.kafka import ensure_system_topics
+from shared.logs import kv
+from shared.topics import Topics
+
+log = logging.getLogger("broker")
+
+ReconnectHook = Callable[["BrokerReturn"], Awaitable[None]]
+
+
+class BrokerState(enum.Enum):
+    CONNECTING = "connecting"  # never reached yet
+    UP = "up"
+    DOWN = "down"
+
+
+class BrokerReturn:
+    """What a reconnect hook learns: how long the broker was away, which topics came back new."""
+
+    def __init__(self, outage_s: float, recreated: frozenset[str]) -> None:
+        self.outage_s = outage_s
+        self.recreated = recreated  # topics that had vanished and were created again
+
+    def __repr__(self) -> str:
+        return f"BrokerReturn(outage_s={self.outage_s:.1f}, recreated={sorted(self.recreated)})"
+
+
+class BrokerWatch:
+    """Probes the broker; ``up`` is what readiness reports."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: Topics,
+        events: SystemEvents,
+        client_id: str,
+        probe_interval_s: float = 1.0,
+        summary_every_s: float = 30.0,
+    ) -> None:
+        self._kafka = kafka
+        self._topics = topics
+        self._events = events
+        self._client_id = client_id
+        self._probe_interval_s = probe_interval_s
+        self._summary_every_s = summary_every_s
+        self._client: AIOKafkaClient | None = None
+        self._hooks: list[tuple[str, ReconnectHook]] = []
+        self._known_topics: set[str] = set()
+        self.state = BrokerState.CONNECTING
+        self.down_since: float | None = None
+        self.outages = 0
+        self.last_error = ""
+        self.changed = asyncio.Event()  # set on every state change (tests and readiness await it)
+
+    @property
+    def up(self) -> bool:
+        return self.state is BrokerState.UP
+
+    def on_reconnect(self, name: str, hook: ReconnectHook) -> None:
+        """Run ``hook`` each time the broker is back after an outage (not on first connect)."""
+        self._hooks.append((name, hook))
+
+    def _system_topics(self) -> list[str]:
+        return list(self._topics.with_partitions(self._kafka.partitions))
+
+    async def _probe(self) -> set[str]:
+        """One metadata request; the topics the broker has. Raises KafkaError/OSError/TimeoutError."""
+        if self._client is None:
+            self._client = AIOKafkaClient(
+                bootstrap_servers=self._kafka.bootstrap_servers,
+                client_id=f"{self._client_id}-probe",
+                request_timeout_ms=max(1000, int(self._probe_interval_s * 3000)),
+            )
+        client = self._client
+        if not client.cluster.brokers():
+            await client.bootstrap()
+        async with asyncio.timeout(max(2.0, self._probe_interval_s * 3)):
+            metadata = await client.fetch_all_metadata()
+        return set(metadata.topics())
+
+    async def connect(self, stop: asyncio.Event) -> bool:
+        """Start-up: wait (backoff, not ready meanwhile) until the broker answers and the
+        system topics exist. False if ``stop`` was set first."""
+        backoff = Backoff(base_s=0.2, cap_s=5.0)
+        first_failure: float | None = None
+        while not stop.is_set():
+            try:
+                self._known_topics = await self._probe()
+                if self._kafka.create_topics:
+                    await ensure_system_topics(self._kafka, self._topics)
+                    self._known_topics |= set(self._system_topics())
+                self._set(BrokerState.UP)
+                if first_failure is not None:
+                    log.info("broker reachable", extra=kv(waited_s=round(time.monotonic() - first_failure, 1)))
+                return True
+            except (KafkaError, OSError, TimeoutError) as e:
+                self.last_error = repr(e)
+                if first_failure is None:
+                    first_failure = time.monotonic()
+                    log.warning(
+                        "broker not reachable yet, retrying",
+                        extra=kv(bootstrap=self._kafka.bootstrap_servers, error=self.last_error),
+                    )
+                await self._reset_client()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff.next_delay())
+        return False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Probe until ``stop``; on every return run the reconnect hooks."""
+        last_summary = time.monotonic()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._probe_interval_s)
+                if stop.is_set():
+                    return
+                try:
+                    present = await self._probe()
+                except (KafkaError, OSError, TimeoutError) as e:
+                    self.last_error = repr(e)
+                    if self.state is not BrokerState.DOWN:
+                        self._went_down()
+                        last_summary = time.monotonic()
+                    elif time.monotonic() - last_summary >= self._summary_every_s:
+                        last_summary = time.monotonic()
+                        log.warning(
+                            "broker still unreachable",
+                            extra=kv(down_s=round(self._down_for(), 1), error=self.last_error),
+                        )
+                    await self._reset_client()
+                    continue
+                missing = set(self._system_topics()) - present
+                if self.state is BrokerState.DOWN or (missing and self._kafka.create_topics):
+                    await self._came_back(missing)
+                self._known_topics = present
+        finally:
+            await self._reset_client()
+
+    def _down_for(self) -> float:
+        return time.monotonic() - self.down_since if self.down_since is not None else 0.0
+
+    def _went_down(self) -> None:
+        self.down_since = time.monotonic()
+        self.outages += 1
+        self._set(BrokerState.DOWN)
+        log.error(
+            "broker unreachable: producing and consuming wait for it",
+            extra=kv(bootstrap=self._kafka.bootstrap_servers, error=self.last_error),
+        )
+        self._events.status("broker", "down", error=self.last_error)  # published once it is back
+
+    async def _came_back(self, missing: set[str]) -> None:
+        outage = self._down_for()
+        recreated: frozenset[str] = frozenset()
+        if missing and self._kafka.create_topics:
+            try:
+                await ensure_system_topics(self._kafka, self._topics)
+            except KafkaError as e:
+                self.last_error = repr(e)
+                log.warning("could not recreate topics yet", extra=kv(topics=sorted(missing), error=repr(e)))
+                return  # still not usable: try again on the next probe
+            recreated = frozenset(missing)
+            log.warning("recreated vanished topics", extra=kv(topics=",".join(sorted(missing))))
+        self.down_since = None
+        self._set(BrokerState.UP)
+        back = BrokerReturn(outage, recreated)
+        log.info("broker back", extra=kv(outage_s=round(outage, 1), recreated=len(recreated)))
+        self._events.status("broker", "up", outage_s=round(outage, 2), recreated_topics=sorted(recreated))
+        for name, hook in self._hooks:
+            try:
+                await hook(back)
+            except Exception:
+                log.exception("reconnect hook failed", extra=kv(hook=name))
+
+    def _set(self, state: BrokerState) -> None:
+        if state is not self.state:
+            self.state = state
+            self.changed.set()
+            self.changed = asyncio.Event()
+
+    async def _reset_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
