@@ -1,21 +1,18 @@
 """Trading sessions per market (local time), for watchdogs, bars and calendars.
 
-Weekends are closed; exchange holidays are not modelled yet (a holiday looks like a
-quiet session day).
+A thin, stable face over ``shared.calendars``: holidays, half days and lunch breaks
+come from each market's trading calendar (past its confirmed horizon, the weekday rule).
 """
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import date, datetime
 
+from shared.calendars import HOURS, Session, calendar
 from shared.symbols import MARKET_TIMEZONES, Market
 
-# Continuous sessions plus auctions that produce quotes.
-SESSIONS: dict[Market, tuple[tuple[time, time], ...]] = {
-    Market.CN: ((time(9, 15), time(11, 30)), (time(13, 0), time(15, 0))),
-    Market.HK: ((time(9, 0), time(12, 0)), (time(13, 0), time(16, 10))),
-    Market.US: ((time(4, 0), time(20, 0)),),
-}
+# Continuous sessions plus auctions that produce quotes, on a regular (full) day.
+SESSIONS: dict[Market, tuple[Session, ...]] = {m: h.quote_sessions for m, h in HOURS.items()}
 
 
 def local_time(market: Market, at: datetime) -> datetime:
@@ -29,13 +26,11 @@ def trading_day(market: Market, at: datetime) -> date:
 
 
 def is_trading_weekday(market: Market, day: date) -> bool:
-    return day.weekday() < 5
+    """Whether ``day`` is a trading day of ``market`` (weekends and exchange holidays are not)."""
+    return calendar(market).is_trading_day(day)
 
 
 def in_session(market: Market, at: datetime) -> bool:
-    """Whether the market produces quotes at ``at`` (aware datetime)."""
-    local = local_time(market, at)
-    if not is_trading_weekday(market, local.date()):
-        return False
-    t = local.time()
-    return any(start <= t < end for start, end in SESSIONS[market])
+    """Whether the market produces quotes at ``at`` (aware datetime): holidays, half days
+    and lunch breaks included."""
+    return calendar(market).in_session(at)
