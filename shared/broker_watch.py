@@ -56,7 +56,7 @@ class BrokerWatch:
         self,
         kafka: KafkaSettings,
         topics: Topics,
-        events: SystemEvents,
+        events: SystemEvents | None,
         client_id: str,
         probe_interval_s: float = 1.0,
         summary_every_s: float = 30.0,
@@ -157,6 +157,8 @@ class BrokerWatch:
                 missing = set(self._system_topics()) - present
                 if self.state is BrokerState.DOWN or (missing and self._kafka.create_topics):
                     await self._came_back(missing)
+                elif self.state is BrokerState.CONNECTING:
+                    self._set(BrokerState.UP)  # run() without connect(): the first answer
                 self._known_topics = present
         finally:
             await self._reset_client()
@@ -172,7 +174,8 @@ class BrokerWatch:
             "broker unreachable: producing and consuming wait for it",
             extra=kv(bootstrap=self._kafka.bootstrap_servers, error=self.last_error),
         )
-        self._events.status("broker", "down", error=self.last_error)  # published once it is back
+        if self._events is not None:
+            self._events.status("broker", "down", error=self.last_error)  # published once it is back
 
     async def _came_back(self, missing: set[str]) -> None:
         outage = self._down_for()
@@ -190,7 +193,8 @@ class BrokerWatch:
         self._set(BrokerState.UP)
         back = BrokerReturn(outage, recreated)
         log.info("broker back", extra=kv(outage_s=round(outage, 1), recreated=len(recreated)))
-        self._events.status("broker", "up", outage_s=round(outage, 2), recreated_topics=sorted(recreated))
+        if self._events is not None:
+            self._events.status("broker", "up", outage_s=round(outage, 2), recreated_topics=sorted(recreated))
         for name, hook in self._hooks:
             try:
                 await hook(back)

@@ -21,10 +21,12 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
+from shared.broker_watch import BrokerReturn, BrokerWatch
 from shared.config import KafkaSettings
 from shared.dto import Bar, DecodeError, InterestUpdate, PriceUpdate, UpdateType, decode, utcnow
-from shared.kafka import KafkaPublisher, assign_all, consumer_options
+from shared.kafka import KafkaPublisher, assign_all, consumer_options, rewind_truncated
 from shared.logs import kv
 from shared.symbols import normalize
 from shared.tasks import cancel_and_wait
@@ -54,6 +56,15 @@ class LiveDataClient:
         self.lease_s = lease_s
         self._kafka = kafka or KafkaSettings(bootstrap_servers=bootstrap_servers)
         self._publisher = KafkaPublisher(self._kafka, f"livedata-client-{portfolio_id}-{node_id}")
+        # the client never creates topics: the services own their partition counts and configs
+        self._watch = BrokerWatch(
+            self._kafka.model_copy(update={"create_topics": False}),
+            self.topics,
+            None,
+            f"livedata-client-{portfolio_id}-{node_id}",
+        )
+        self._watch.on_reconnect("reannounce-interest", self._reannounce)
+        self._watch_stop = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._symbols: set[str] = set()
         self._wanted_keys: set[bytes] = set()
@@ -90,6 +101,19 @@ class LiveDataClient:
         self._tasks.append(reader)
         if self.lease_s:
             self._tasks.append(asyncio.create_task(self._renew(), name="client.lease"))
+        self._tasks.append(asyncio.create_task(self._watch.run(self._watch_stop), name="client.broker-watch"))
+
+    @property
+    def broker_up(self) -> bool:
+        """Whether the broker answered the client's last probe."""
+        return self._watch.up
+
+    async def _reannounce(self, back: BrokerReturn) -> None:
+        """After an outage the datamanager may have lost what we said (the embedded broker
+        loses its topics): say our whole set again. Redelivered, it changes nothing."""
+        if self._symbols or back.recreated:
+            log.info("broker back: re-announcing interest", extra=kv(symbols=len(self._symbols)))
+            await self._send("replace", sorted(self._symbols))
 
     async def stop(self) -> None:
         """Stop reading; interest is left in place (call ``clear()`` first to withdraw it)."""
@@ -97,6 +121,7 @@ class LiveDataClient:
             return
         self._closed = True
         self._ready.set()
+        self._watch_stop.set()
         await cancel_and_wait(self._tasks)
         if self._consumer is not None:
             await self._consumer.stop()
@@ -163,7 +188,14 @@ class LiveDataClient:
         consumer = self._consumer
         buf = self._buffer
         while True:
-            batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            try:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            except KafkaError as e:  # the broker is away: the watch reports it; keep reading
+                log.debug("market-data fetch failed", extra=kv(error=repr(e)))
+                batches = {}
+            if not batches:
+                await rewind_truncated(consumer)
+                continue
             wanted = self._wanted_keys
             added = False
             for records in batches.values():

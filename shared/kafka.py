@@ -409,3 +409,32 @@ async def at_end(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> b
         if high is None or await consumer.position(tp) < high:
             return False
     return True
+
+
+async def rewind_truncated(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    """Restart from the beginning every assigned partition whose log is now shorter than
+    our position: the topic was deleted and recreated (the embedded broker loses its
+    topics on a restart) or truncated, so everything in it is new to us.
+
+    Apache Kafka answers such a fetch with OFFSET_OUT_OF_RANGE and aiokafka resets by
+    ``auto_offset_reset``; Tansu answers with no records and a smaller high watermark,
+    which only this check notices. Cheap (local state only): call it after empty fetches.
+    """
+    rewound = []
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:
+            continue
+        try:
+            position = await consumer.position(tp)
+        except KafkaError:
+            continue
+        if position > high:
+            rewound.append(tp)
+    if rewound:
+        await consumer.seek_to_beginning(*rewound)
+        log.warning(
+            "partition shorter than our position (topic recreated?): reading it from the beginning",
+            extra=kv(partitions=",".join(f"{tp.topic}[{tp.partition}]" for tp in rewound)),
+        )
+    return rewound

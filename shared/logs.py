@@ -45,10 +45,41 @@ class _JsonFormatter(_TextFormatter):
         return _json.encode(doc).decode()
 
 
+class RepeatLimiter(logging.Filter):
+    """Lets one record per (logger, message template) through every ``window_s``; the next
+    one that passes says how many were suppressed. A broker outage makes aiokafka and our
+    retry loops log the same line many times a second: this keeps one line per state
+    change plus a periodic summary."""
+
+    def __init__(self, window_s: float = 30.0, prefixes: tuple[str, ...] = ("aiokafka", "kafka")) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.prefixes = prefixes
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.window_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return False
+        if len(self._seen) > 1000:  # bound: templates are few, but never let it grow
+            self._seen.clear()
+        suppressed = last[1] if last else 0
+        self._seen[key] = (now, 0)
+        if suppressed:
+            record.msg = f"{record.msg} ({suppressed} similar suppressed in the last {self.window_s:.0f}s)"
+        return True
+
+
 def setup_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
-    """Send every log record to stderr, one line each."""
+    """Send every log record to stderr, one line each; repeated broker errors rate-limited."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter(service) if fmt == "json" else _TextFormatter(service))
+    handler.addFilter(RepeatLimiter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
