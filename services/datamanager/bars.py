@@ -386,6 +386,11 @@ class BarAggregator:
                 out.append(st.last_tick)
         return out
 
+    def last_tick_time(self, symbol: str) -> float:
+        """Epoch seconds of the symbol's newest tick (0 if none)."""
+        st = self._symbols.get(symbol)
+        return st.last_ts if st is not None else 0.0
+
     def restore(self, rows: list[BarRow]) -> int:
         """Resume from stored rows: each symbol's daily bar and its newest minute bar."""
         restored = 0
