@@ -1,4 +1,4 @@
-"""One market's ordered sources: run the active feeder, watch it, fail over and back."""
+"""One market's ordered sources and wanted symbols: run the active feeder, watch it, fail over and back."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, cast
 
 from prometheus_client import Histogram
 
 from services.feeder_gateway.feeders.base import Feeder, FeederConfigError
+from services.feeder_gateway.feeders.wanted import WantedSymbols
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
 from shared.dto import PriceUpdate, utcnow
 from shared.events import SystemEvents
@@ -22,6 +24,17 @@ from shared.symbols import Market
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("market_feed")
+
+
+class Outcome(StrEnum):
+    """Why the active source's run ended."""
+
+    STOP = "stop"
+    CONFIG_ERROR = "config_error"
+    FAILED = "failed"
+    STALE = "stale"  # no batch at all (in session)
+    FROZEN = "frozen"  # batches, but no quote moved (in session)
+    FAILBACK = "failback"
 
 
 @dataclass
@@ -34,9 +47,13 @@ class _SourceState:
 class MarketFeed:
     """Feeds one market's ticks into the queue from the best available source.
 
-    The active source is the first healthy one in preference order. It is replaced when
-    its generator fails for good (configuration error) or when it goes stale: no data
-    for ``stale_after_s`` while the market is in session and symbols are subscribed.
+    ``wanted`` is the market's one registry of wanted symbols; every feeder reads it
+    (read-only), so a failover or a restart replays the whole set. The active source is
+    the first healthy one in preference order. The market's one watchdog replaces it when
+    its generator fails for good (configuration error), when it goes stale (no batch for
+    its ``stale_after_s``) or frozen (no quote moved for its ``frozen_after_s``), counting
+    only time while the market is in session and symbols are wanted. With one source a
+    replacement is a restart of that source (status ``restarted``).
     A preferred source that failed is probed beside the active one once
     ``failback_after_s`` has passed (its ticks unpublished); the feed switches back as soon
     as the probe delivers data, and probes again later if it does not.
@@ -46,6 +63,7 @@ class MarketFeed:
         self,
         market: Market,
         feeders: list[Feeder[Any]],
+        wanted: WantedSymbols,
         queue: ConflatingTickQueue,
         events: SystemEvents,
         failback_after_s: float = 30.0,
@@ -63,9 +81,10 @@ class MarketFeed:
         self._watchdog_interval_s = watchdog_interval_s
         self._stale_in_session_only = stale_in_session_only
         self._latency = latency
-        self.symbols: frozenset[str] = frozenset()
+        self.wanted = wanted
         self.active = 0
         self.last_data = time.monotonic()
+        self.watched_since = self.last_data  # silence before this does not count
         self.switches = 0
         self._failback_to = 0
 
@@ -77,12 +96,14 @@ class MarketFeed:
     def connected(self) -> bool:
         return self.active_feeder.connected
 
+    @property
+    def symbols(self) -> frozenset[str]:
+        return self.wanted.symbols
+
     def set_symbols(self, symbols: frozenset[str]) -> None:
-        if symbols != self.symbols:
-            if not self.symbols:
-                self.last_data = time.monotonic()  # the stale clock starts with interest
-            self.symbols = symbols
-            self.active_feeder.set_symbols(symbols)
+        had = bool(self.wanted.symbols)
+        if self.wanted.replace(symbols) and not had:
+            self.watched_since = time.monotonic()  # the watchdog's clocks start with interest
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -90,10 +111,8 @@ class MarketFeed:
             if source.disabled is not None:  # every source is misconfigured: nothing to run
                 await stop.wait()
                 return
-            source.feeder.set_symbols(self.symbols)
             outcome = await self._run_source(source, stop)
-            source.feeder.set_symbols(frozenset())
-            if outcome == "stop":
+            if outcome is Outcome.STOP:
                 return
             self._choose_next(outcome)
 
@@ -109,10 +128,10 @@ class MarketFeed:
                         if last.receive_time is not None:
                             self._latency.observe(max((last.receive_time - last.timestamp).total_seconds(), 0.0))
 
-    async def _run_source(self, source: _SourceState, stop: asyncio.Event) -> str:
+    async def _run_source(self, source: _SourceState, stop: asyncio.Event) -> Outcome:
         feeder = source.feeder
         name = feeder.ctx.name
-        self.last_data = time.monotonic()
+        self.watched_since = time.monotonic()
         pump = asyncio.create_task(self._pump(feeder), name=f"feed.{self.market}.{name}")
         probe: asyncio.Task[bool] | None = None
         probed = -1
@@ -126,7 +145,7 @@ class MarketFeed:
                 finally:
                     stop_wait.cancel()
                 if stop.is_set():
-                    return "stop"
+                    return Outcome.STOP
                 if pump.done():
                     exc = pump.exception()
                     if isinstance(exc, FeederConfigError):
@@ -134,31 +153,20 @@ class MarketFeed:
                         self._events.alert(
                             "feeder_config_error", str(exc), severity="error", market=self.market.value, source=name
                         )
-                        return "config_error"
+                        return Outcome.CONFIG_ERROR
                     if exc is not None:
                         log.error("feeder failed", exc_info=exc, extra=kv(market=self.market.value, source=name))
                     else:
                         log.warning("feeder generator ended", extra=kv(market=self.market.value, source=name))
-                    return "failed"
+                    return Outcome.FAILED
                 now = time.monotonic()
-                stale_after = feeder.stale_after_s
-                if (
-                    stale_after is not None
-                    and self.symbols
-                    and now - self.last_data > stale_after
-                    and self._watch_now(feeder)
-                ):
-                    self._events.status(
-                        f"feed.{self.market.value}",
-                        "stale",
-                        source=name,
-                        silent_s=round(now - self.last_data, 1),
-                    )
-                    return "stale"
+                verdict = self._watch(feeder, now)
+                if verdict is not None:
+                    return verdict
                 if probe is not None and probe.done():
                     if not probe.cancelled() and probe.exception() is None and probe.result():
                         self._failback_to = probed
-                        return "failback"
+                        return Outcome.FAILBACK
                     self._sources[probed].failed_at = now  # still down: probe again later
                     probe = None
                 if probe is None and self.active > 0:
@@ -170,10 +178,30 @@ class MarketFeed:
         finally:
             await cancel_and_wait([pump] if probe is None else [pump, probe])
 
+    def _watch(self, feeder: Feeder[Any], now: float) -> Outcome | None:
+        """The market watchdog: STALE or FROZEN when the active source is, else None."""
+        if not self.symbols or not self._watch_now(feeder):
+            self.watched_since = now  # out of session or nothing wanted: silence does not count
+            return None
+        since = self.watched_since
+        stale_after = feeder.stale_after_s
+        silent = now - max(self.last_data, since)
+        if stale_after is not None and silent > stale_after:
+            self._events.status(
+                f"feed.{self.market.value}", "stale", source=feeder.ctx.name, silent_s=round(silent, 1)
+            )
+            return Outcome.STALE
+        frozen_after, news = feeder.frozen_after_s, feeder.news_at()
+        if frozen_after is not None and news is not None and now - max(news, since) > frozen_after:
+            self._events.status(
+                f"feed.{self.market.value}", "frozen", source=feeder.ctx.name, unchanged_s=round(now - news, 1)
+            )
+            return Outcome.FROZEN
+        return None
+
     async def _probe(self, feeder: Feeder[Any]) -> bool:
         """Whether a preferred source delivers data again, tried beside the active one;
         its ticks are not published. Gives up after its stale threshold (or 10 s)."""
-        feeder.set_symbols(self.symbols)
         gen = cast(AsyncGenerator[list[PriceUpdate], None], feeder.ticks())
         try:
             async with asyncio.timeout(feeder.stale_after_s or 10.0), contextlib.aclosing(gen):
@@ -186,8 +214,6 @@ class MarketFeed:
             log.warning("preferred source has a configuration error", extra=kv(source=feeder.ctx.name, error=str(e)))
         except Exception as e:  # a broken source is simply not ready yet
             log.info("preferred source not ready", extra=kv(source=feeder.ctx.name, error=repr(e)))
-        finally:
-            feeder.set_symbols(frozenset())
         return False
 
     def _watch_now(self, feeder: Feeder[Any]) -> bool:
@@ -203,10 +229,10 @@ class MarketFeed:
                 return i
         return -1
 
-    def _choose_next(self, outcome: str) -> None:
+    def _choose_next(self, outcome: Outcome) -> None:
         now = time.monotonic()
         old = self.active
-        if outcome == "failback":
+        if outcome is Outcome.FAILBACK:
             self.active = self._failback_to
         else:
             self._sources[old].failed_at = now
@@ -225,11 +251,13 @@ class MarketFeed:
                 )
                 return
         new = self._sources[self.active].feeder.ctx.name
-        self.switches += self.active != old
+        switched = self.active != old
+        self.switches += switched
+        state = "failback" if outcome is Outcome.FAILBACK else "failover" if switched else "restarted"
         self._events.status(
             f"feed.{self.market.value}",
-            "failover" if outcome != "failback" else "failback",
-            reason=outcome,
+            state,
+            reason=outcome.value,
             source=new,
             previous=self._sources[old].feeder.ctx.name,
         )

@@ -10,6 +10,7 @@ from prometheus_client import Histogram
 
 from services.feeder_gateway.feeders.base import Feeder, FeederContext, FeederMetrics
 from services.feeder_gateway.feeders.registry import FEEDER_TYPES
+from services.feeder_gateway.feeders.wanted import WantedSymbols
 from services.feeder_gateway.market_feed import MarketFeed
 from services.feeder_gateway.subscriptions import SubscriptionWatcher
 from services.feeder_gateway.tick_publisher import TickPublisher
@@ -144,6 +145,13 @@ def _feeder_status(events: SystemEvents, market: Market, source: str) -> Any:
     return emit
 
 
+def _feeder_alert(events: SystemEvents, market: Market, source: str) -> Any:
+    def alert(code: str, message: str, detail: dict[str, Any]) -> None:
+        events.alert(code, message, severity="error", market=market.value, source=source, **detail)
+
+    return alert
+
+
 def build_feeds(
     config: AppConfig,
     queue: ConflatingTickQueue,
@@ -164,6 +172,7 @@ def build_feeds(
         market_cfg = configured.get(market) or MarketSources(sources=DEFAULT_SOURCES[market])
         entries = market_cfg.sources
         feeders: list[Feeder[Any]] = []
+        wanted = WantedSymbols()
         for i, entry in enumerate(entries):
             key = f"markets.{market.value}.sources[{i}]"
             if not entry.enabled:
@@ -177,6 +186,8 @@ def build_feeds(
                 market=market,
                 emit_status=_feeder_status(events, market, entry.source_name),
                 metrics=feeder_metrics,
+                wanted=wanted.view(),
+                emit_alert=_feeder_alert(events, market, entry.source_name),
             )
             feeders.append(cls.from_settings(config.source_settings(entry), ctx, where, key))
         if not feeders:
@@ -184,6 +195,7 @@ def build_feeds(
         feeds[market] = MarketFeed(
             market,
             feeders,
+            wanted,
             queue,
             events,
             failback_after_s=market_cfg.failback_after_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+import time
 from typing import Any, Generic, TypeVar
 
 from services.feeder_gateway.feeders.base import FeederContext, FeederMetrics
@@ -25,6 +26,8 @@ FAST_POLLING: dict[str, Any] = {
     "backoff_base_s": 0.02,
     "backoff_cap_s": 0.1,
     "rate_limited_pause_s": 0.05,
+    "ban_hold_s": 0.3,
+    "ban_jitter_cap_s": 0.1,
 }
 """Settings that make a poller fast enough for tests; a test overrides what it checks."""
 
@@ -131,7 +134,7 @@ async def symbols_added_and_removed(
     h.feeder.set_symbols(frozenset(symbols))
     await eventually(lambda: added in h.symbols_seen(), 3, what="new symbol polled")
     assert sim.requests[-1] == requests[0]
-    assert "resubscribed" in h.states()
+    assert "subscription_changed" in h.states()
     h.feeder.set_symbols(frozenset({added}))
     await eventually(lambda: sim.requests[-1] == requests[1], 3, what="unsubscribe reaches it")
 
@@ -167,4 +170,36 @@ async def garbage_body_backs_off(h: PollerHarness[Any], sim: FakeHttpServer) -> 
     await eventually(lambda: "disconnected" in h.states(), 5, what="garbage treated as failure")
     assert h.malformed("bad_response") >= 1
     sim.garbage_body = False
-    await eventually(lambda: h.states()[-1] == "gap", 5, what="recovery")
+    await eventually(lambda: "gap" in h.states()[h.states().index("disconnected") :], 5, what="recovery")
+
+
+async def ban_after_a_healthy_run_is_held_then_recovers(
+    h: PollerHarness[Any], sim: FakeHttpServer, ban: Callable[[float], None], ban_s: float = 1.0
+) -> float:
+    """After a healthy run the provider bans us for ``ban_s`` (``ban``: 403s or resets):
+    the source is held (status ``banned``, never a configuration error), sends nothing
+    during the hold, is retried after it, and ticks again; run it with ``ban_hold_s``
+    just above ``ban_s``. Returns the seconds from the ban's end to the first new tick."""
+    h.start("00700.HK", "00005.HK")
+    await eventually(lambda: len(h.ticks) >= 2, 5, what="first ticks")
+    n = len(sim.requests)
+    await eventually(lambda: len(sim.requests) >= n + 10, 5, what="a healthy run of polls")
+    ticks_before = len(h.ticks)
+    ban(ban_s)
+    ban_ends = time.monotonic() + ban_s
+    banned = await eventually(lambda: [d for s, d in h.statuses if s == "banned"], 5, what="ban noticed")
+    held_from = len(sim.requests)
+    hold = banned[0]["retry_in_s"]
+    assert hold >= h.feeder.settings.ban_hold_s
+    sim.advance(None)
+    await eventually(lambda: len(h.ticks) > ticks_before, 10, what="ticks after the ban")
+    recovered_s = time.monotonic() - ban_ends
+    # nothing was sent during the hold: the first request after it was answered
+    assert len(sim.requests) - held_from <= 2
+    assert "config_error" not in h.states()
+    after = h.states()[h.states().index("banned") :]
+    assert "resubscribed" in after and "gap" in after
+    gap = [d for s, d in h.statuses if s == "gap"][-1]
+    assert gap["last_tick"] is not None
+    assert h.symbols_seen() == {"00700.HK", "00005.HK"}
+    return recovered_s

@@ -71,7 +71,7 @@ async def test_subscribe_and_unsubscribe_change_the_polled_set(sim: FushuSimulat
     h = make(poll_interval_s=30.0)  # a new symbol must be polled at once, not in 30 s
     both, remaining = ("00005.HK", "00700.HK"), ("00005.HK",)
     await poller.symbols_added_and_removed(h, sim, ("00700.HK", "00005.HK"), (both, remaining))
-    resub = [d for s, d in h.statuses if s == "resubscribed"]
+    resub = [d for s, d in h.statuses if s == "subscription_changed"]
     assert resub[-1] == {"symbols": 1, "added": [], "removed": ["00700.HK"]}
     # re-adding a symbol emits its (unchanged) quote again at once
     n = len(h.ticks)
@@ -92,7 +92,7 @@ async def test_large_sets_are_split(sim: FushuSimulator, make: Make) -> None:
 
 
 async def test_reconnects_after_drops_with_the_same_symbols(sim: FushuSimulator, make: Make) -> None:
-    h = make()
+    h = make(ban_after_resets=3)  # two failed polls are drops, not yet a ban
     h.start("00700.HK")
     await eventually(lambda: h.ticks, 5, what="first tick")
     sim.drop_next = 4
@@ -102,7 +102,7 @@ async def test_reconnects_after_drops_with_the_same_symbols(sim: FushuSimulator,
     # make two failed polls
     assert h.states().count("disconnected") == 2
     assert len(sim.requests) >= 6  # first poll, four resets, the poll that got through
-    assert h.states()[-2:] == ["connected", "gap"]
+    assert h.states()[-3:] == ["connected", "resubscribed", "gap"]
     gap = h.statuses[-1][1]
     assert gap["last_tick"] == h.ticks[0].timestamp.isoformat()
     assert all(r == ("00700.HK",) for r in sim.requests)
@@ -118,7 +118,7 @@ async def test_silent_server_times_out_and_recovers(sim: FushuSimulator, make: M
 async def test_generator_can_be_closed_and_restarted(sim: FushuSimulator, make: Make) -> None:
     h = make()
     await poller.restarts_with_the_snapshot(h)  # a fresh generator emits the current snapshot again
-    assert h.states()[-2:] == ["connected", "gap"]  # and reports the hole
+    assert h.states()[-3:] == ["connected", "resubscribed", "gap"]  # and reports the hole
 
 
 async def test_slow_answers_within_the_timeout_are_fine(sim: FushuSimulator, make: Make) -> None:
@@ -155,10 +155,11 @@ async def test_garbage_body_counts_and_backs_off(sim: FushuSimulator, make: Make
 async def test_server_errors_back_off_and_recover(sim: FushuSimulator, make: Make, status: int) -> None:
     sim.fail_status = status
     sim.retry_after = "0.05" if status == 429 else None
+    state = "rate_limited" if status == 429 else "disconnected"
     h = make()
     h.start("00700.HK")
-    await eventually(lambda: h.states().count("disconnected") >= 2, 5, what="failures reported")
-    detail = next(d for s, d in h.statuses if s == "disconnected")
+    await eventually(lambda: h.states().count(state) >= 2, 5, what="failures reported")
+    detail = next(d for s, d in h.statuses if s == state)
     assert f"HTTP {status}" in detail["error"] and detail["retry_in_s"] >= 0
     assert not h.ticks
     sim.fail_status = None
@@ -179,7 +180,14 @@ async def test_wrong_key_is_a_config_error_naming_the_setting(sim: FushuSimulato
     assert "wrong" not in repr(h.feeder.settings)  # the key never shows
 
 
-async def test_ban_403_is_a_config_error(sim: FushuSimulator, make: Make) -> None:
+async def test_403_after_a_long_healthy_run_is_a_ban_not_a_config_error(sim: FushuSimulator, make: Make) -> None:
+    h = make(ban_hold_s=1.1, healthy_after_s=0.2)
+    recovered_s = await poller.ban_after_a_healthy_run_is_held_then_recovers(h, sim, sim.ban)
+    assert recovered_s <= 5.0
+    print(f"fushu 403 ban: ticks {recovered_s:.2f}s after the ban ended")
+
+
+async def test_403_before_any_answer_is_a_config_error(sim: FushuSimulator, make: Make) -> None:
     sim.ban(5.0)
     h = make()
     h.start("00700.HK")

@@ -61,7 +61,7 @@ async def test_ticks_carry_the_quote_time_in_utc_and_are_delayed(
     hsbc = by_symbol["00005.HK"]
     assert hsbc.receive_time is not None
     assert 890 <= (hsbc.receive_time - hsbc.timestamp).total_seconds() <= 910
-    assert h.states()[:2] == ["connected", "delayed"]
+    assert h.states()[:3] == ["connected", "subscribed", "delayed"]
     n = len(sim.requests)
     sim.advance()
     await eventually(lambda: len(sim.requests) >= n + 3 and len(h.ticks) >= 4, 5, what="more polls")
@@ -99,7 +99,7 @@ async def test_subscribe_and_unsubscribe_change_the_polled_codes(
     h = make(poll_interval_s=30.0)  # a new symbol must be polled at once, not in 30 s
     codes = (("r_hk00700", "r_hk09988"), ("r_hk09988",))
     await poller.symbols_added_and_removed(h, sim, ("00700.HK", "09988.HK"), codes)
-    resub = [d for s, d in h.statuses if s == "resubscribed"]
+    resub = [d for s, d in h.statuses if s == "subscription_changed"]
     assert resub == [
         {"symbols": 2, "added": ["09988.HK"], "removed": []},
         {"symbols": 1, "added": [], "removed": ["00700.HK"]},
@@ -140,15 +140,15 @@ async def test_wrong_encoding_is_counted(sim: TencentSimulator, make: Make) -> N
 async def test_reconnects_after_drops_with_the_same_codes(
     sim: TencentSimulator, make: Make
 ) -> None:
-    h = make()
+    h = make(ban_after_resets=3)  # two failed polls are drops, not yet a ban
     h.start("00700.HK", "00005.HK")
     await eventually(lambda: len(h.ticks) == 2, 5, what="first ticks")
     sim.drop_next = 4  # aiohttp retries a reset GET once itself: two failed polls
     sim.advance()
     await eventually(lambda: len(h.ticks) >= 4, 5, what="ticks after the drops")
     assert h.states().count("disconnected") == 2
-    assert h.states()[-2:] == ["connected", "gap"]
-    assert h.statuses[-1][1]["last_tick"] == max(t.timestamp for t in h.ticks[:2]).isoformat()
+    assert h.states()[-4:] == ["connected", "resubscribed", "gap", "delayed"]
+    assert h.statuses[-2][1]["last_tick"] == max(t.timestamp for t in h.ticks[:2]).isoformat()
     assert all(r == ("r_hk00005", "r_hk00700") for r in sim.requests)
     assert h.sample("livedata_feeder_reconnects_total") == 2
 
@@ -161,7 +161,7 @@ async def test_generator_can_be_closed_and_restarted(sim: TencentSimulator, make
     h = make()
     await poller.restarts_with_the_snapshot(h)
     assert h.ticks[1].timestamp == h.ticks[0].timestamp
-    assert h.states()[-3:] == ["connected", "gap", "delayed"]
+    assert h.states()[-4:] == ["connected", "resubscribed", "gap", "delayed"]
 
 
 async def test_garbage_lines_are_counted_and_skipped(sim: TencentSimulator, make: Make) -> None:
@@ -182,18 +182,20 @@ async def test_garbage_body_counts_and_backs_off(sim: TencentSimulator, make: Ma
     await poller.garbage_body_backs_off(make(), sim)
 
 
-async def test_ban_403_pauses_then_recovers(sim: TencentSimulator, make: Make) -> None:
-    h = make(rate_limited_pause_s=0.2)
-    h.start("00700.HK")
-    await eventually(lambda: h.ticks, 5, what="first tick")
-    sim.ban(0.5)
-    await eventually(lambda: "disconnected" in h.states(), 5, what="ban noticed")
-    detail = next(d for s, d in h.statuses if s == "disconnected")
-    assert "HTTP 403" in detail["error"] and detail["retry_in_s"] >= 0.2
-    sim.advance()
-    await eventually(lambda: len(h.ticks) >= 2, 5, what="recovery after the ban")
-    # paced by the pause: a handful of attempts during the 0.5 s ban, not a storm
-    assert h.states().count("disconnected") <= 4
+async def test_ban_403_after_a_healthy_run_holds_then_recovers(sim: TencentSimulator, make: Make) -> None:
+    h = make(ban_hold_s=1.1, healthy_after_s=0.2)
+    recovered_s = await poller.ban_after_a_healthy_run_is_held_then_recovers(h, sim, sim.ban)
+    assert "HTTP 403" in [d for s, d in h.statuses if s == "banned"][0]["error"]
+    assert recovered_s <= 5.0
+    print(f"tencent 403 ban: ticks {recovered_s:.2f}s after the ban ended")
+
+
+async def test_connection_resets_count_as_a_ban(sim: TencentSimulator, make: Make) -> None:
+    h = make(ban_hold_s=1.1, healthy_after_s=0.2, ban_after_resets=2)
+    recovered_s = await poller.ban_after_a_healthy_run_is_held_then_recovers(h, sim, sim.reset_for)
+    assert "resets in a row" in [d for s, d in h.statuses if s == "banned"][0]["error"]
+    assert recovered_s <= 5.0
+    print(f"tencent reset ban: ticks {recovered_s:.2f}s after the ban ended")
 
 
 async def test_server_error_backs_off(sim: TencentSimulator, make: Make) -> None:
@@ -204,7 +206,7 @@ async def test_server_error_backs_off(sim: TencentSimulator, make: Make) -> None
     assert not h.ticks
     sim.fail_status = None
     await eventually(lambda: h.ticks, 5, what="recovery")
-    assert h.states()[-2:] == ["connected", "delayed"]  # no ticks before: no gap to report
+    assert h.states()[-3:] == ["connected", "subscribed", "delayed"]  # never up before: no gap
 
 
 async def test_wrong_path_is_a_config_error_naming_the_setting(

@@ -18,7 +18,8 @@ class FakeHttpServer(abc.ABC):
 
     Records: ``requests`` (the keys each request asked for, in order; the subclass
     appends). Faults, applied by ``_faults`` before any answer: ``drop_next`` (reset the
-    next N connections without an answer), ``silent`` (hold requests open, never answer),
+    next N connections without an answer), ``reset_for(seconds)`` (reset every connection
+    for a while: how Tencent throttles), ``silent`` (hold requests open, never answer),
     ``slow_s`` (answer late). Answered by the subclass: ``ban(seconds)`` (``banned``),
     ``fail_status`` (answer every request with that status), ``garbage_body``.
     """
@@ -32,6 +33,7 @@ class FakeHttpServer(abc.ABC):
         self.garbage_body = False
         self.url = ""
         self._banned_until = 0.0
+        self._resetting_until = 0.0
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -47,6 +49,10 @@ class FakeHttpServer(abc.ABC):
         """Answer 403 for the next ``seconds``."""
         self._banned_until = time.monotonic() + seconds
 
+    def reset_for(self, seconds: float) -> None:
+        """Reset every connection without an answer for the next ``seconds``."""
+        self._resetting_until = time.monotonic() + seconds
+
     @property
     def banned(self) -> bool:
         return time.monotonic() < self._banned_until
@@ -59,6 +65,8 @@ class FakeHttpServer(abc.ABC):
         """Apply the connection-level faults: reset, hang until stopped, or answer late."""
         if self.drop_next > 0:
             self.drop_next -= 1
+            reset_connection(request)
+        if time.monotonic() < self._resetting_until:
             reset_connection(request)
         if self.silent:
             await self._release.wait()

@@ -1,4 +1,4 @@
-"""What every feeder is: an async generator of tick batches driven by a desired symbol set."""
+"""What every feeder is: an async generator of tick batches driven by its market's wanted symbols."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import ValidationError
 
+from services.feeder_gateway.feeders.wanted import WantedSymbols, WantedView
 from shared.config import ConfigError, Strict, format_validation_error
 from shared.dto import PriceUpdate
 from shared.metrics import ServiceMetrics
@@ -31,6 +32,7 @@ class ProviderError(Exception):
 
 
 StatusCallback = Callable[[str, dict[str, Any]], None]
+AlertCallback = Callable[[str, str, dict[str, Any]], None]  # (code, message, detail)
 
 
 class FeederMetrics:
@@ -49,16 +51,29 @@ class FeederMetrics:
 
 @dataclass
 class FeederContext:
-    """What the gateway hands each feeder: identity, status sink, metrics."""
+    """What the gateway hands each feeder: identity, status sink, metrics, wanted symbols.
+
+    ``wanted`` is the market's registry (read-only); None gives the feeder a registry of
+    its own, set with ``Feeder.set_symbols`` (a feeder used on its own: tests, tools).
+    """
 
     name: str
     market: Market
     emit_status: StatusCallback
     metrics: FeederMetrics
+    wanted: WantedView | None = None
+    emit_alert: AlertCallback | None = None
     log: logging.Logger = field(init=False)
 
     def __post_init__(self) -> None:
         self.log = logging.getLogger(f"feeder.{self.name}.{self.market.value}")
+
+    def alert(self, code: str, message: str, detail: dict[str, Any]) -> None:
+        """Raise an operator alert (logged only when the feeder runs outside a gateway)."""
+        if self.emit_alert is None:
+            self.log.error("alert %s: %s", code, message)
+        else:
+            self.emit_alert(code, message, detail)
 
     def malformed(self, reason: str, snippet: bytes | str) -> None:
         """Count and log a bad frame or field; the feeder then skips it."""
@@ -70,34 +85,61 @@ class FeederContext:
 class Feeder(abc.ABC, Generic[SettingsT]):
     """A provider connection.
 
-    The gateway sets the desired symbols with ``set_symbols`` (canonical symbols of this
-    feeder's market) at any time, and consumes ``ticks()``: an async generator that
-    connects, subscribes, yields batches of PriceUpdate, and reconnects with backoff
-    on its own. The gateway closes the generator (``aclose``) to stop the feeder or to
-    force a reconnect when the feed went stale.
+    The feeder reads the wanted symbols (canonical symbols of its market) through
+    ``self.wanted`` and the gateway consumes ``ticks()``: an async generator that
+    connects, subscribes, yields batches of PriceUpdate, and reconnects on its own. The
+    gateway closes the generator (``aclose``) to stop the feeder or to restart it when
+    its market's watchdog finds the feed stale or frozen.
     """
 
     type_name: ClassVar[str]
     settings_model: ClassVar[type[Strict]]
     follows_sessions: ClassVar[bool] = True
-    """The stale watchdog only runs while the market is in session (sim: always)."""
+    """The market's watchdog only runs while the market is in session (sim: always)."""
 
     def __init__(self, settings: SettingsT, ctx: FeederContext) -> None:
         self.settings = settings
         self.ctx = ctx
-        self.symbols: frozenset[str] = frozenset()
+        self._own_wanted: WantedSymbols | None = None
+        if ctx.wanted is None:
+            self._own_wanted = WantedSymbols()
+            self.wanted: WantedView = self._own_wanted.view()
+        else:
+            self.wanted = ctx.wanted
         self.symbols_changed = asyncio.Event()
+        """Set on every change of the wanted set; a feeder clears it when it applied it."""
+        self.wanted.listen(self._on_wanted_change)
         self.connected = False
 
+    def _on_wanted_change(self) -> None:
+        self.symbols_changed.set()
+
+    @property
+    def symbols(self) -> frozenset[str]:
+        """The wanted symbols now."""
+        return self.wanted.symbols
+
     def set_symbols(self, symbols: frozenset[str]) -> None:
-        """Replace the desired set; the running generator applies the difference."""
-        if symbols != self.symbols:
-            self.symbols = symbols
-            self.symbols_changed.set()
+        """Replace the wanted set of a feeder that has its own registry (not in a gateway)."""
+        if self._own_wanted is None:
+            raise RuntimeError(f"{self.ctx.name}: the wanted symbols belong to the {self.ctx.market} market")
+        self._own_wanted.replace(symbols)
+
+    # ---- the market watchdog's hooks --------------------------------------------------
 
     @property
     def stale_after_s(self) -> float | None:
-        """No data this long while in session means the feed is stale (None: no watchdog)."""
+        """No batch at all this long while in session means the feed is stale (None: never)."""
+        return None
+
+    @property
+    def frozen_after_s(self) -> float | None:
+        """No quote CHANGED this long while in session means the feed is frozen (None:
+        not judged): for pollers whose polls succeed while the quotes stop moving."""
+        return None
+
+    def news_at(self) -> float | None:
+        """Monotonic time the quotes last changed, when the feeder judges it (pollers)."""
         return None
 
     @abc.abstractmethod

@@ -1,32 +1,37 @@
-"""What every HTTP snapshot poller shares: settings, the paced poll loop, backoff, status events.
+"""What every HTTP snapshot poller shares: settings, the paced poll connection, failure classes.
 
 A provider subclasses ``HttpPollingFeeder`` and keeps only its protocol: the request path
 (``path``), which wire key a symbol is requested under (``_wire_key``), how many keys one
 request takes (``_keys_per_request``), how the answers become ticks (``_parse``) and what
-an HTTP error status means (``_http_error``).
+an HTTP error status means (``_http_error``). Connecting, backoff, holds, resubscribe and
+gap reports are the reconnect driver's (``lifecycle.py``).
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import errno
 import random
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import aiohttp
 from pydantic import Field, field_validator
 from yarl import URL
 
-from services.feeder_gateway.feeders.base import (
-    Feeder,
-    FeederConfigError,
-    FeederContext,
-    ProviderError,
+from services.feeder_gateway.feeders.base import FeederContext, ProviderError
+from services.feeder_gateway.feeders.lifecycle import (
+    Failure,
+    FailureKind,
+    ReconnectingFeeder,
+    RetryPolicy,
+    SourceFailure,
+    describe,
 )
-from shared.backoff import Backoff
 from shared.config import Strict
 from shared.dto import PriceUpdate, utcnow
 
@@ -51,12 +56,22 @@ class HttpPollingSettings(Strict):
     healthy_after_s: float = Field(30.0, ge=0)
     """Polls succeeding this long reset the backoff to ``backoff_base_s``."""
     rate_limited_pause_s: float = Field(30.0, ge=0)
-    """Least wait after the provider throttles us (HTTP 429, and whatever else the
-    provider throttles with) when it gives no ``Retry-After``."""
+    """Least wait after the provider throttles us (HTTP 429) when it gives no ``Retry-After``."""
+    ban_hold_s: float = Field(60.0, ge=0)
+    """A ban (HTTP 403 from a source that worked, ``ban_after_resets`` resets in a row)
+    holds every request at least this long..."""
+    ban_jitter_cap_s: float = Field(300.0, ge=0)
+    """...plus a random extra of up to ``ban_hold_s * 2**(bans in a row - 1)``, capped by this."""
+    ban_after_resets: int = Field(2, ge=1)
+    """Consecutive connection resets before any answer that count as a ban."""
     stale_after_s: float | None = Field(None, ge=0)
-    """Gateway watchdog: no successful poll this long (in session) → restart the feed.
+    """Market watchdog: no successful poll this long (in session) → restart or fail over.
     Judged by poll success, not quote time: a quiet stock repeats the same quote. Unset:
     3 x ``poll_interval_s``, at least ``timeout_s + poll_interval_s``; 0 disables."""
+    frozen_after_s: float | None = Field(180.0, ge=0)
+    """Market watchdog: polls succeed but no polled quote's price or volume changed this
+    long (in session) → the source is frozen: restart or fail over. Raise it for a set of
+    a few illiquid symbols; None or 0 disables."""
 
     @field_validator("base_url")
     @classmethod
@@ -64,14 +79,6 @@ class HttpPollingSettings(Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
-
-
-class RateLimited(ProviderError):
-    """The provider throttles us: wait at least ``retry_after_s`` before the next poll."""
-
-    def __init__(self, message: str, retry_after_s: float | None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 def retry_after_s(value: str | None) -> float | None:
@@ -82,8 +89,20 @@ def retry_after_s(value: str | None) -> float | None:
         return None
 
 
-# Failures that mean "try again later"; anything else is a bug and propagates.
-_RETRYABLE = (aiohttp.ClientError, TimeoutError, ProviderError)
+def is_reset(exc: BaseException) -> bool:
+    """A connection reset or a close before any answer (how throttling providers look too)."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return True
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return False  # refused/unreachable: not an answer from a live server
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+
+
+def rate_limited(message: str, resp: aiohttp.ClientResponse) -> SourceFailure:
+    return SourceFailure(
+        FailureKind.RATE_LIMITED, message, retry_after_s=retry_after_s(resp.headers.get("Retry-After"))
+    )
+
 
 SettingsT = TypeVar("SettingsT", bound=HttpPollingSettings)
 QuoteT = TypeVar("QuoteT")  # what a provider remembers of a key's last quote, to compare
@@ -98,21 +117,34 @@ class PollSet(Generic[QuoteT]):
     last: dict[str, QuoteT] = field(default_factory=dict)  # wire key → last emitted quote
 
 
-class HttpPollingFeeder(Feeder[SettingsT], Generic[SettingsT, QuoteT]):
-    """Polls every desired symbol each ``poll_interval_s``; yields only what changed.
+class HttpPollingFeeder(ReconnectingFeeder[SettingsT], Generic[SettingsT, QuoteT]):
+    """Polls every wanted symbol each ``poll_interval_s``; yields only what changed.
 
     A poll sends its requests one after another (``_keys_per_request`` keys each), then
     parses every answer, so a failed request or an unreadable body fails the whole poll
     before any state changes. Every successful poll yields a batch, empty when nothing
-    changed: the gateway's stale watchdog thus measures poll success, not market
-    activity. A symbol added to the desired set is polled at once (but not sooner than
-    ``min_poll_gap_s`` after the last poll) and its first quote always emitted; a
-    (re)started generator emits the whole current snapshot and reports the ``gap``.
+    changed: the market watchdog thus measures poll success, not market activity, and
+    judges frozen quotes apart (``news_at``). A symbol added to the wanted set is polled
+    at once (but not sooner than ``min_poll_gap_s`` after the last poll) and its first
+    quote always emitted; a new connection emits the whole current snapshot.
     """
 
     def __init__(self, settings: SettingsT, ctx: FeederContext) -> None:
         super().__init__(settings, ctx)
-        self._last_tick_time: datetime | None = None  # survives generator restarts
+        self._resets = 0  # consecutive resets before an answer
+        self._news_at: float | None = None
+        self._moves: dict[str, tuple[float, float | None]] = {}  # symbol → (price, volume)
+
+    def retry_policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(
+            s.backoff_base_s,
+            s.backoff_cap_s,
+            s.healthy_after_s,
+            s.rate_limited_pause_s,
+            s.ban_hold_s,
+            s.ban_jitter_cap_s,
+        )
 
     @property
     def stale_after_s(self) -> float | None:
@@ -120,6 +152,13 @@ class HttpPollingFeeder(Feeder[SettingsT], Generic[SettingsT, QuoteT]):
         if s.stale_after_s is None:
             return max(3 * s.poll_interval_s, s.timeout_s + s.poll_interval_s)
         return s.stale_after_s or None
+
+    @property
+    def frozen_after_s(self) -> float | None:
+        return self.settings.frozen_after_s or None
+
+    def news_at(self) -> float | None:
+        return self._news_at
 
     # ---- the provider's protocol ------------------------------------------------------
 
@@ -154,75 +193,35 @@ class HttpPollingFeeder(Feeder[SettingsT], Generic[SettingsT, QuoteT]):
         if status == 404:
             name = self.ctx.name
             endpoint = self.settings.base_url + self.path.partition("?")[0].format(keys="...")
-            return FeederConfigError(
-                f"{name}: {endpoint} not found (HTTP 404): "
-                f"check 'base_url' of source '{name}' in data_sources.yml"
+            return SourceFailure(
+                FailureKind.CONFIGURATION,
+                f"{name}: {endpoint} not found (HTTP 404): check 'base_url' of source '{name}' in data_sources.yml",
+                setting="base_url",
             )
         if status == 429:
-            return RateLimited(
-                "HTTP 429 too many requests", retry_after_s(resp.headers.get("Retry-After"))
-            )
+            return rate_limited("HTTP 429 too many requests", resp)
         return ProviderError(f"HTTP {status}: {body[:120]!r}")
 
     def _on_first_ticks(self, batch: list[PriceUpdate]) -> None:
-        """Called with the first non-empty batch of each generator run."""
+        """Called with the first non-empty batch of each connection."""
 
-    # ---- the loop -------------------------------------------------------------------------
+    def classify(self, exc: Exception) -> Failure | None:
+        if isinstance(exc, aiohttp.ClientError | TimeoutError | OSError) and is_reset(exc):
+            self._resets += 1
+            if self._resets >= self.settings.ban_after_resets:
+                return Failure(FailureKind.BANNED, f"{describe(exc)} ({self._resets} resets in a row)")
+        if isinstance(exc, aiohttp.ClientError):
+            return Failure(FailureKind.TRANSIENT, describe(exc))
+        return super().classify(exc)
 
-    async def ticks(self) -> AsyncGenerator[list[PriceUpdate], None]:
+    async def open_connection(self) -> _PollConnection[QuoteT]:
         s = self.settings
-        ctx = self.ctx
-        headers = self._session_headers()
-        backoff = Backoff(s.backoff_base_s, s.backoff_cap_s, s.healthy_after_s)
-        rng = random.Random()
-        loop = asyncio.get_running_loop()
-        polled: PollSet[QuoteT] = PollSet()
-        up = False
-        ticked = False
         session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=s.timeout_s), headers=headers
+            timeout=aiohttp.ClientTimeout(total=s.timeout_s), headers=self._session_headers()
         )
-        self.symbols_changed.clear()  # a (re)started generator polls the whole desired set
-        self._apply_symbols(polled, up)
-        try:
-            while True:
-                if self.symbols_changed.is_set():
-                    self.symbols_changed.clear()
-                    self._apply_symbols(polled, up)
-                if not polled.keys:
-                    await self.symbols_changed.wait()
-                    continue
-                started = loop.time()
-                try:
-                    batch = await self._poll(session, polled)
-                except FeederConfigError as e:
-                    ctx.emit_status("config_error", {"error": str(e)})
-                    raise
-                except _RETRYABLE as e:
-                    up = self.connected = False
-                    await asyncio.sleep(self._failed(e, backoff))
-                    continue
-                if not up:
-                    up = self.connected = True
-                    backoff.connected()
-                    ctx.emit_status("connected", {"symbols": len(polled.keys), "url": s.base_url})
-                    if self._last_tick_time is not None:
-                        ctx.emit_status("gap", {"last_tick": self._last_tick_time.isoformat()})
-                if batch:
-                    ctx.metrics.ticks.labels(ctx.name).inc(len(batch))
-                    newest = max(t.timestamp for t in batch)
-                    if self._last_tick_time is None or newest > self._last_tick_time:
-                        self._last_tick_time = newest
-                    if not ticked:
-                        ticked = True
-                        self._on_first_ticks(batch)
-                yield batch
-                await self._pace(loop, started, s.poll_interval_s + rng.uniform(0, s.poll_jitter_s))
-        finally:
-            if up:
-                self.connected = False
-                ctx.emit_status("disconnected", {"error": "feed closed"})
-            await session.close()
+        return _PollConnection(self, session)
+
+    # ---- one poll -----------------------------------------------------------------------
 
     async def _poll(self, session: aiohttp.ClientSession, polled: PollSet[QuoteT]) -> list[PriceUpdate]:
         """One poll of the whole set: every request first, then parse (which commits state)."""
@@ -231,7 +230,21 @@ class HttpPollingFeeder(Feeder[SettingsT], Generic[SettingsT, QuoteT]):
         bodies = [await self._fetch(session, self._url(keys[i : i + size])) for i in range(0, len(keys), size)]
         ctx = self.ctx
         ctx.metrics.frames.labels(ctx.name).inc(len(bodies))
-        return self._parse(bodies, polled, utcnow())
+        batch = self._parse(bodies, polled, utcnow())
+        self._note_news(batch)
+        return batch
+
+    def _note_news(self, batch: list[PriceUpdate]) -> None:
+        """Remember when a quote last moved (price or volume), for the frozen check."""
+        moves = self._moves
+        moved = False
+        for t in batch:
+            move = (t.price, t.volume)
+            if moves.get(t.symbol) != move:
+                moves[t.symbol] = move
+                moved = True
+        if moved or self._news_at is None:
+            self._news_at = time.monotonic()
 
     def _url(self, keys: list[str]) -> URL:
         path = self.path.format(keys=",".join(keys))
@@ -239,16 +252,14 @@ class HttpPollingFeeder(Feeder[SettingsT], Generic[SettingsT, QuoteT]):
 
     async def _fetch(self, session: aiohttp.ClientSession, url: URL) -> bytes:
         async with session.get(url) as resp:
+            self._resets = 0  # an answer, whatever it says
             body = await resp.read()
             if resp.status == 200:
                 return body
             raise self._http_error(resp, body)
 
-    def _apply_symbols(self, polled: PollSet[QuoteT], up: bool) -> None:
-        """Poll the desired set from now on; a removed key forgets its last quote."""
-        wanted = self.symbols
-        if wanted == polled.symbols:
-            return
+    def _poll_set(self, wanted: frozenset[str], polled: PollSet[QuoteT]) -> None:
+        """Poll ``wanted`` from now on; a removed key forgets its last quote."""
         keys: dict[str, str] = {}
         for sym in sorted(wanted):
             key = self._wire_key(sym)
@@ -258,41 +269,64 @@ class HttpPollingFeeder(Feeder[SettingsT], Generic[SettingsT, QuoteT]):
                 keys[key] = sym
         for key in [k for k in polled.last if k not in keys]:
             del polled.last[key]
-        added, removed = sorted(wanted - polled.symbols), sorted(polled.symbols - wanted)
+        for sym in [k for k in self._moves if k not in wanted]:
+            del self._moves[sym]
         polled.symbols, polled.keys = wanted, keys
-        self.ctx.log.info("polling %d symbols (+%d -%d)", len(keys), len(added), len(removed))
-        if up:
-            self.ctx.emit_status(
-                "resubscribed",
-                {"symbols": len(keys), "added": added[:20], "removed": removed[:20]},
-            )
 
-    def _failed(self, e: BaseException, backoff: Backoff) -> float:
-        """Count, log and report a failed poll; the delay before the next attempt."""
-        ctx = self.ctx
-        ctx.metrics.reconnects.labels(ctx.name).inc()
-        delay = backoff.next_delay()
-        if isinstance(e, RateLimited):
-            pause = e.retry_after_s
-            delay = max(delay, self.settings.rate_limited_pause_s if pause is None else pause)
-        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        ctx.log.warning("poll failed (%s); retry in %.2fs", error, delay)
-        ctx.emit_status(
-            "disconnected",
-            {"error": error, "retry_in_s": round(delay, 3), "attempt": backoff.attempt},
-        )
-        return delay
+
+class _PollConnection(Generic[QuoteT]):
+    """A session polling the wanted set; a failed poll ends it (the driver reconnects)."""
+
+    up_on_first_batch: ClassVar[bool] = True
+
+    def __init__(self, feeder: HttpPollingFeeder[Any, QuoteT], session: aiohttp.ClientSession) -> None:
+        self._feeder = feeder
+        self._session = session
+        self._polled: PollSet[QuoteT] = PollSet()
+        self._poll_now = asyncio.Event()
+        self._aborted = False
+        self.detail: dict[str, Any] = {"url": feeder.settings.base_url}
+
+    async def sync(self, wanted: frozenset[str]) -> None:
+        self._feeder._poll_set(wanted, self._polled)
+        self.detail["symbols"] = len(self._polled.keys)
+        self._poll_now.set()
+
+    def abort(self) -> None:
+        self._aborted = True
+        self._poll_now.set()
+
+    async def batches(self) -> AsyncGenerator[list[PriceUpdate], None]:
+        feeder, s = self._feeder, self._feeder.settings
+        loop = asyncio.get_running_loop()
+        rng = random.Random()
+        ticked = False
+        while not self._aborted:
+            self._poll_now.clear()
+            if not self._polled.keys:
+                await self._poll_now.wait()
+                continue
+            started = loop.time()
+            batch = await feeder._poll(self._session, self._polled)
+            yield batch
+            if batch and not ticked:
+                ticked = True
+                feeder._on_first_ticks(batch)
+            await self._pace(loop, started, s.poll_interval_s + rng.uniform(0, s.poll_jitter_s))
 
     async def _pace(self, loop: asyncio.AbstractEventLoop, started: float, interval: float) -> None:
-        """Wait out the poll interval, or less if the desired symbols change."""
+        """Wait out the poll interval, or less if the wanted symbols change."""
         delay = interval - (loop.time() - started)
         if delay <= 0:
             return
         try:
             async with asyncio.timeout(delay):
-                await self.symbols_changed.wait()
+                await self._poll_now.wait()
         except TimeoutError:
             return
-        gap = self.settings.min_poll_gap_s - (loop.time() - started)
+        gap = self._feeder.settings.min_poll_gap_s - (loop.time() - started)
         if gap > 0:
             await asyncio.sleep(gap)
+
+    async def close(self) -> None:
+        await self._session.close()

@@ -250,10 +250,10 @@ class EastMoneyFeeder(Feeder[EastMoneySettings]):
     def stale_after_s(self) -> float | None:
         return self.settings.stale_after_s
 
-    def set_symbols(self, symbols: frozenset[str]) -> None:
-        super().set_symbols(symbols)
+    def _on_wanted_change(self) -> None:
+        super()._on_wanted_change()
         queue = self._queue
-        if queue is not None and self.symbols_changed.is_set():
+        if queue is not None:
             # A full queue means the generator is busy and checks the flag before each get.
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)

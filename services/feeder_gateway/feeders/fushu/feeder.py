@@ -17,6 +17,7 @@ from services.feeder_gateway.feeders.fushu.parse import (
     to_price_update,
 )
 from services.feeder_gateway.feeders.fushu.wire import FushuTick
+from services.feeder_gateway.feeders.lifecycle import FailureKind, SourceFailure
 from services.feeder_gateway.feeders.polling import HttpPollingFeeder, HttpPollingSettings, PollSet
 from shared.dto import PriceUpdate
 
@@ -38,7 +39,9 @@ class FushuFeeder(HttpPollingFeeder[FushuSettings, FushuTick]):
     """Polls ``/tick`` for every desired symbol; an item equal to the symbol's previous one
     (a snapshot repeated between trades) is not re-emitted.
 
-    HTTP 401/403 mean a wrong or unentitled key (a configuration error), 429 a throttle.
+    HTTP 401, and 403 before the source ever answered, mean a wrong or unentitled key (a
+    configuration error); 403 from a source that has worked is a ban (held, retried); 429
+    a throttle.
     """
 
     type_name = "fushu"
@@ -55,14 +58,17 @@ class FushuFeeder(HttpPollingFeeder[FushuSettings, FushuTick]):
     def _session_headers(self) -> dict[str, str]:
         key = self.settings.api_key
         if key is None or not key.get_secret_value():
-            self.ctx.emit_status("config_error", {"error": "no api_key"})
             raise FeederConfigError(f"{self.ctx.name}: no API key: {self._key_hint()}")
         return {"Authorization": f"Bearer {key.get_secret_value()}", "Accept": "application/json"}
 
     def _http_error(self, resp: aiohttp.ClientResponse, body: bytes) -> Exception:
+        if resp.status == 403 and self.link.worked:
+            return SourceFailure(FailureKind.BANNED, "HTTP 403 forbidden from a source that worked: banned")
         if resp.status in (401, 403):
-            return FeederConfigError(
-                f"{self.ctx.name}: authentication failed (HTTP {resp.status}): {self._key_hint()}"
+            return SourceFailure(
+                FailureKind.CONFIGURATION,
+                f"{self.ctx.name}: authentication failed (HTTP {resp.status}): {self._key_hint()}",
+                setting="api_key",
             )
         return super()._http_error(resp, body)
 

@@ -10,13 +10,8 @@ import aiohttp
 from pydantic import Field, field_validator
 
 from services.feeder_gateway.feeders.base import FeederContext, ProviderError
-from services.feeder_gateway.feeders.polling import (
-    HttpPollingFeeder,
-    HttpPollingSettings,
-    PollSet,
-    RateLimited,
-    retry_after_s,
-)
+from services.feeder_gateway.feeders.lifecycle import FailureKind, SourceFailure
+from services.feeder_gateway.feeders.polling import HttpPollingFeeder, HttpPollingSettings, PollSet
 from services.feeder_gateway.feeders.tencent.parse import (
     TencentParseError,
     UnknownCode,
@@ -38,7 +33,8 @@ from shared.dto import PriceUpdate
 class TencentSettings(HttpPollingSettings):
     """Settings of a ``type: tencent`` source (no key needed).
 
-    Tencent throttles with HTTP 403 as well as 429: both wait ``rate_limited_pause_s``.
+    Tencent throttles with HTTP 429 (``rate_limited_pause_s``), and bans with HTTP 403 and
+    with connection resets (``ban_after_resets`` in a row): both hold ``ban_hold_s`` and more.
     ``stale_after_s`` judges poll success, never quote age: the quotes are ~15 min old
     by design.
     """
@@ -67,7 +63,7 @@ class TencentFeeder(HttpPollingFeeder[TencentSettings, _QuoteKey]):
     """Polls every desired code; a line whose time, last price and volume equal the code's
     previous ones (Tencent repeats a snapshot until the stock trades) is not re-emitted.
 
-    The first ticks of each generator run emit status ``delayed`` with the observed lag.
+    The first ticks of each connection emit status ``delayed`` with the observed lag.
     """
 
     type_name = "tencent"
@@ -86,9 +82,8 @@ class TencentFeeder(HttpPollingFeeder[TencentSettings, _QuoteKey]):
         return code_of(symbol)
 
     def _http_error(self, resp: aiohttp.ClientResponse, body: bytes) -> Exception:
-        if resp.status in (403, 429):
-            retry_after = retry_after_s(resp.headers.get("Retry-After"))
-            return RateLimited(f"HTTP {resp.status}: throttled by the provider", retry_after)
+        if resp.status == 403:
+            return SourceFailure(FailureKind.BANNED, "HTTP 403: banned by the provider")
         return super()._http_error(resp, body)
 
     def _parse(self, bodies: list[bytes], polled: PollSet[_QuoteKey], receive_time: datetime) -> list[PriceUpdate]:
