@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 from services.feeder_gateway.feeders.base import FeederContext, FeederMetrics

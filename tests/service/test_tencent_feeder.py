@@ -185,7 +185,7 @@ async def test_garbage_body_counts_and_backs_off(sim: TencentSimulator, make: Ma
 async def test_ban_403_after_a_healthy_run_holds_then_recovers(sim: TencentSimulator, make: Make) -> None:
     h = make(ban_hold_s=1.1, healthy_after_s=0.2)
     recovered_s = await poller.ban_after_a_healthy_run_is_held_then_recovers(h, sim, sim.ban)
-    assert "HTTP 403" in [d for s, d in h.statuses if s == "banned"][0]["error"]
+    assert "HTTP 403" in next(d for s, d in h.statuses if s == "banned")["error"]
     assert recovered_s <= 5.0
     print(f"tencent 403 ban: ticks {recovered_s:.2f}s after the ban ended")
 
@@ -193,7 +193,7 @@ async def test_ban_403_after_a_healthy_run_holds_then_recovers(sim: TencentSimul
 async def test_connection_resets_count_as_a_ban(sim: TencentSimulator, make: Make) -> None:
     h = make(ban_hold_s=1.1, healthy_after_s=0.2, ban_after_resets=2)
     recovered_s = await poller.ban_after_a_healthy_run_is_held_then_recovers(h, sim, sim.reset_for)
-    assert "resets in a row" in [d for s, d in h.statuses if s == "banned"][0]["error"]
+    assert "resets in a row" in next(d for s, d in h.statuses if s == "banned")["error"]
     assert recovered_s <= 5.0
     print(f"tencent reset ban: ticks {recovered_s:.2f}s after the ban ended")
 
