@@ -1,149 +1,19 @@
-"""The daemons as real processes (``python -m services.<name> --config-dir DIR``): start,
-readiness, RSS from /proc, Prometheus counters, ordered stop."""
+"""The benchmarks' daemons: the named ones on one config directory, ready, stopped in order
+(the processes themselves: tests/daemons.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterable
-from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 from services.ops.servers import free_port
 from shared.topics import Topics
-from tests.bench.harness import BenchContext, daemon_env
-from tests.helpers import eventually
+from tests.bench.harness import BenchContext
+from tests.daemons import MODULES, ROOT, CpuMeter, Daemon, cpu_seconds, rss_mb
 
-MODULES = {
-    "gateway": "services.feeder_gateway",
-    "datamanager": "services.datamanager",
-    "tasktimer": "services.tasktimer",
-}
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process (VmRSS in /proc/<pid>/status), in MB (2**20 bytes)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise ValueError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """Busy fraction of one core per named process between construction and ``shares()``."""
-
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self._pids = {name: pid for name, pid in pids.items() if pid}
-        self._start = time.perf_counter(), {name: cpu_seconds(pid) for name, pid in self._pids.items()}
-
-    def shares(self) -> dict[str, float]:
-        wall = time.perf_counter() - self._start[0]
-        out = {}
-        for name, pid in self._pids.items():
-            with contextlib.suppress(OSError):
-                out[name] = round((cpu_seconds(pid) - self._start[1][name]) / wall, 2)
-        return out
-
-
-class Daemon:
-    """One daemon process with its log file and HTTP port."""
-
-    def __init__(self, name: str, config_dir: Path, port: int, log: Path) -> None:
-        self.name = name
-        self.module = MODULES[name]
-        self.config_dir = config_dir
-        self.port = port
-        self.log = log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def start(self) -> None:
-        with open(self.log, "wb") as out:  # noqa: ASYNC230 - the child's log file, opened once
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                self.module,
-                "--config-dir",
-                str(self.config_dir),
-                stdout=out,
-                stderr=out,
-                stdin=asyncio.subprocess.DEVNULL,
-                env=daemon_env(),
-                cwd=ROOT,
-            )
-
-    def _check_alive(self) -> None:
-        assert self.proc is not None
-        if self.proc.returncode is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
-
-    async def _get(self, path: str) -> tuple[int, str]:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s,
-            s.get(f"http://127.0.0.1:{self.port}{path}") as r,
-        ):
-            return r.status, await r.text()
-
-    async def ready(self) -> bool:
-        self._check_alive()
-        try:
-            status, _ = await self._get("/readyz")
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-        return status == 200
-
-    async def wait_ready(self, timeout_s: float = 30.0) -> None:
-        await eventually(self.ready, timeout_s=timeout_s, interval_s=0.05, what=f"{self.name} ready")
-
-    async def metrics(self) -> dict[str, float]:
-        """The unlabelled samples of /metrics (``name`` → value)."""
-        self._check_alive()
-        _, text = await self._get("/metrics")
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#") and "{" not in line:
-                name, _, value = line.partition(" ")
-                with contextlib.suppress(ValueError):
-                    out[name] = float(value)
-        return out
-
-    def rss_mb(self) -> float:
-        self._check_alive()
-        return rss_mb(self.pid)
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
-
-    async def stop(self, timeout_s: float = 15.0) -> int | None:
-        """SIGTERM, wait for a clean exit, SIGKILL past the deadline; returns the exit code."""
-        if self.proc is None or self.proc.returncode is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout_s)
-        except TimeoutError:
-            self.proc.kill()
-            return await self.proc.wait()
+__all__ = ["ROOT", "CpuMeter", "Daemon", "cpu_seconds", "daemons", "rss_mb"]
 
 
 @contextlib.asynccontextmanager

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-import aiohttp
 import pytest
 import yaml
 
@@ -26,6 +21,7 @@ from shared.dto import (
     utcnow,
 )
 from shared.topics import Topics
+from tests.daemons import Daemon
 from tests.helpers import TopicReader, eventually, publish
 
 pytestmark = pytest.mark.e2e
@@ -35,47 +31,6 @@ DAEMONS = {
     "datamanager": "services.datamanager",
     "tasktimer": "services.tasktimer",
 }
-
-
-class Daemon:
-    """One daemon process with its log file and HTTP port."""
-
-    def __init__(self, name: str, module: str, port: int, log: Path) -> None:
-        self.name, self.module, self.port, self.log = name, module, port, log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self, config_dir: Path, env: dict[str, str]) -> None:
-        with open(self.log, "wb") as out:  # noqa: ASYNC230 - a local log file for the child
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", self.module, "--config-dir", str(config_dir), stdout=out, stderr=out, env=env
-            )
-
-    async def ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.returncode is not None:
-            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-        try:
-            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.port}/readyz") as r:
-                return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    async def get(self, path: str) -> str:
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.port}{path}") as r:
-            assert r.status == 200, f"{self.name} {path}: HTTP {r.status}"
-            return await r.text()
-
-    async def terminate(self) -> tuple[int, float]:
-        assert self.proc is not None
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        rc = await asyncio.wait_for(self.proc.wait(), 15)
-        return rc, time.monotonic() - started
-
-    async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +63,10 @@ async def system(
         yaml.safe_dump({"jobs": [{"name": "snap", "cron": "* * * * *", "command": "bar_snapshot"}]})
     )
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL")}
-    daemons = {name: Daemon(name, module, ports[name], d / f"{name}.log") for name, module in DAEMONS.items()}
+    daemons = {name: Daemon(name, d, ports[name], d / f"{name}.log", env) for name in DAEMONS}
     try:
         for daemon in daemons.values():
-            await daemon.start(d, env)
+            await daemon.start()
         for daemon in daemons.values():
             await eventually(daemon.ready, timeout_s=30, interval_s=0.1, what=f"{daemon.name} ready")
         yield topics, daemons
