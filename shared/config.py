@@ -160,6 +160,21 @@ class ServiceSettings(Strict):
     """After SIGTERM, drain for at most this long, then cancel what is left (exit 1)."""
 
 
+class SymbolShard(Strict):
+    """A stable hash range of each served market's symbols (for several gateway instances)."""
+
+    count: int = Field(ge=1, le=4096)
+    """Shards each market's symbols are split into, by crc32 of the canonical symbol mod this."""
+    index: int = Field(ge=0)
+    """The shard this instance publishes, 0 .. count - 1; the others' symbols are ignored."""
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> SymbolShard:
+        if self.index >= self.count:
+            raise ValueError(f"shard index {self.index} is not below count {self.count} (0 .. {self.count - 1})")
+        return self
+
+
 class GatewaySettings(ServiceSettings):
     """feeder-gateway settings."""
 
@@ -171,6 +186,9 @@ class GatewaySettings(ServiceSettings):
     """Most ticks handed to the producer before awaiting their delivery."""
     markets: list[Market] | None = None
     """Markets this instance serves (None: every market in data_sources.yml)."""
+    shard: SymbolShard | None = None
+    """Serve only this hash range of each served market's symbols (None: all of them).
+    Instances with complementary shards publish every symbol exactly once."""
 
 
 class DatamanagerSettings(ServiceSettings):

@@ -48,7 +48,13 @@ class FeederGateway(Service):
             accepts={self.topics.subscriptions: (Subscription,)},
         )
         self.watcher = SubscriptionWatcher(
-            live.kafka, self.topics.subscriptions, inbox, self._apply, f"{live.kafka.client_id}-gateway-subs"
+            live.kafka,
+            self.topics.subscriptions,
+            inbox,
+            self._apply,
+            f"{live.kafka.client_id}-gateway-subs",
+            self.metrics,
+            self.settings.shard,
         )
         self.tick_publisher = TickPublisher(
             self.queue, self.publisher, self.topics.market_data, self.settings.publish_batch_max

@@ -1,38 +1,79 @@
 """Reads the ``subscriptions`` topic from the beginning: the desired symbols per market.
 
 Every gateway instance reads the whole topic with ``assign()`` (no consumer group), so
-each rebuilds the full desired state and keeps the markets it serves. Last value per
-market wins.
+each rebuilds the full desired state and keeps its share: the markets it serves and, with
+a ``shard``, the symbols in its hash range. Last value per market wins. A symbol that
+belongs to no market, or to another market than its message's, is rejected here
+(counted, logged once per message), so it never reaches a feeder.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer
 
-from shared.config import KafkaSettings
+from shared.config import KafkaSettings, SymbolShard
 from shared.dto import Subscription
 from shared.kafka import Inbox, assign_all, at_end, consumer_options
 from shared.logs import kv
-from shared.symbols import Market
+from shared.metrics import ServiceMetrics
+from shared.symbols import Market, SymbolError, market_of
 
 log = logging.getLogger("subscriptions")
 
 ApplyCallback = Callable[[Market, frozenset[str]], None]
 
 
+def shard_of(symbol: str, count: int) -> int:
+    """The stable shard of a canonical symbol (the same in every process and run)."""
+    return zlib.crc32(symbol.encode()) % count
+
+
+def accepted_symbols(
+    market: Market, symbols: Sequence[str], shard: SymbolShard | None
+) -> tuple[frozenset[str], list[str]]:
+    """→ (the symbols of ``market`` in ``shard``, the symbols that belong to no market or
+    to another market). Pure."""
+    keep: set[str] = set()
+    rejected: list[str] = []
+    for sym in symbols:
+        try:
+            ok = market_of(sym) is market
+        except SymbolError:
+            ok = False
+        if not ok:
+            rejected.append(sym)
+        elif shard is None or shard_of(sym, shard.count) == shard.index:
+            keep.add(sym)
+    return frozenset(keep), rejected
+
+
 class SubscriptionWatcher:
     """Follows the subscriptions topic and calls ``apply(market, symbols)`` on each change."""
 
-    def __init__(self, kafka: KafkaSettings, topic: str, inbox: Inbox, apply: ApplyCallback, client_id: str) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topic: str,
+        inbox: Inbox,
+        apply: ApplyCallback,
+        client_id: str,
+        metrics: ServiceMetrics,
+        shard: SymbolShard | None = None,
+    ) -> None:
         self._kafka = kafka
         self._topic = topic
         self._inbox = inbox
         self._apply = apply
         self._client_id = client_id
+        self._shard = shard
+        self._rejected = metrics.counter(
+            "livedata_gateway_symbols_rejected", "Subscribed symbols that map to no market (or another)", ["market"]
+        )
         self.desired: dict[Market, frozenset[str]] = {}
         self.caught_up = asyncio.Event()
 
@@ -61,7 +102,14 @@ class SubscriptionWatcher:
                 except ValueError:
                     log.warning("subscription for unknown market ignored", extra=kv(market=m.market))
                     continue
-                latest[market] = frozenset(m.symbols)
+                symbols, rejected = accepted_symbols(market, m.symbols, self._shard)
+                if rejected:
+                    self._rejected.labels(market.value).inc(len(rejected))
+                    log.warning(
+                        "subscribed symbols of no market (or another) rejected",
+                        extra=kv(market=market.value, count=len(rejected), symbols=rejected[:20]),
+                    )
+                latest[market] = symbols
         for market, symbols in latest.items():
             if self.desired.get(market) != symbols:
                 self.desired[market] = symbols
