@@ -1,120 +1,363 @@
-"""The tasktimer service: wait for the next instant, publish the job's command once."""
+"""The tasktimer service: wait for each job's next instant, publish its command once.
+
+Exactly once across replicas: every replica schedules every job; at an instant each one
+tries to claim the fire (``job@instant``) in the fire store, and only the claimant
+publishes, then records the outcome. A replica that loses the claim checks back until the
+fire is recorded, and takes it over if the claimant died (its claim expired) while the
+misfire grace lasts. The one window left: a claimant that dies after the broker acked
+the command but before recording it; its successor publishes again with the same
+correlation id, on which consumers deduplicate.
+
+After a restart, the instants a job missed since its last recorded fire are fired once
+(coalesced: the latest one) if within ``misfire_grace_s``; older ones are logged and
+skipped. SIGHUP reloads task_timer.yml: unchanged jobs keep their schedule; an invalid
+file keeps the old jobs and says why.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import signal
+import socket
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from services.tasktimer.cron import fire_id, next_fire
-from shared.config import AppConfig, JobSettings, TasktimerSettings
+from services.tasktimer.clock import Clock, as_clock
+from services.tasktimer.cron import fire_id, horizon_note, missed, next_fire
+from services.tasktimer.jobs import load_jobs
+from services.tasktimer.store import FireStore, MemoryFireStore, RedisFireStore
+from shared.config import TASK_TIMER_FILE, AppConfig, ConfigError, JobSettings, TasktimerSettings
 from shared.dto import ControlCommand, utcnow
 from shared.logs import kv
 from shared.runtime import Service
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("tasktimer")
 
+PUBLISHED = "published"
+FAILED = "failed"
+
+
+def build_store(config: AppConfig) -> FireStore:
+    """Redis when ``redis.url`` is set, else this process alone."""
+    url = config.livedata.redis.url
+    s = config.livedata.tasktimer
+    if url is None:
+        return MemoryFireStore()
+    return RedisFireStore(url.get_secret_value(), s.redis_prefix, s.record_ttl_s)
+
 
 class TaskTimer(Service):
-    """Fires each enabled job at each of its cron instants."""
+    """Fires each enabled job at each of its cron instants, once across replicas."""
 
     name = "tasktimer"
 
     settings: TasktimerSettings
 
-    def __init__(self, config: AppConfig, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        config: AppConfig,
+        clock: Clock | Callable[[], datetime] | None = None,
+        store: FireStore | None = None,
+    ) -> None:
         super().__init__(config, config.livedata.tasktimer)
-        self.clock = clock
-        self.jobs = [j for j in config.task_timer.jobs if j.enabled]
+        self.clock = as_clock(clock)
+        self.store = store or build_store(config)
+        self.replica = self.settings.replica_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.grace = timedelta(seconds=self.settings.misfire_grace_s)
+        self.jobs: dict[str, JobSettings] = {j.name: j for j in config.task_timer.jobs if j.enabled}
         self.next_fires: dict[str, datetime] = {}
-        self._fired: set[str] = set()
-        self._fires = self.metrics.counter("livedata_timer_fires", "Commands published by job", ["job"])
+        self._wake = asyncio.Event()
+        self._reload_requested = False
+        self.reloads_on_sighup = False
+        self._stopping = asyncio.Event()
+        self._fires = self.metrics.counter(
+            "livedata_timer_fires", "Fires handled, by job and outcome", ["job", "outcome"]
+        )
         self._failures = self.metrics.counter(
             "livedata_timer_failures", "Fires abandoned after the grace period", ["job"]
         )
-        self._lateness = self.metrics.histogram(
-            "livedata_timer_lateness_seconds", "Scheduled instant → command published"
+        self._skipped = self.metrics.counter(
+            "livedata_timer_misfires_skipped", "Missed instants not fired (older than the grace, or coalesced)", ["job"]
         )
+        self._lateness = self.metrics.histogram(
+            "livedata_timer_lateness_seconds", "Scheduled instant → command acknowledged by the broker"
+        )
+        self._reloads = self.metrics.counter("livedata_timer_reloads", "task_timer.yml reloads", ["result"])
+
+    # -- health ------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        return self.broker_ok, {"broker": self.broker_ok, "jobs": len(self.jobs)}
+        return self.broker_ok, {"broker": self.broker_ok, "jobs": len(self.jobs), "shared_store": self.store.shared}
 
     def health(self) -> dict[str, Any]:
-        return {"service": self.name, "next_fires": {k: v.isoformat() for k, v in self.next_fires.items()}}
+        return {
+            "service": self.name,
+            "replica": self.replica,
+            "next_fires": {k: v.isoformat() for k, v in self.next_fires.items()},
+        }
+
+    # -- one fire ----------------------------------------------------------------------
 
     def command_for(self, job: JobSettings, instant: datetime) -> ControlCommand:
         return ControlCommand(
             command=job.command,
             params=dict(job.params),
             source=self.name,
-            correlation_id=fire_id(job, instant),
+            correlation_id=fire_id(job, instant),  # job@instant: the same on every replica and retry
             target=job.target,
             timestamp=utcnow(),  # issued at: real time, whatever the schedule clock
             scheduled_for=instant,
         )
 
-    async def fire(self, job: JobSettings, instant: datetime) -> None:
-        """Publish the job's command for ``instant``, once, retrying within the grace."""
+    async def _pause(self, schedule_s: float) -> None:
+        """Wait ``schedule_s`` of schedule time, or until the service stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=max(self.clock.real_seconds(schedule_s), 0.0))
+
+    async def _pause_real(self, real_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=max(real_s, 0.0))
+
+    async def fire(self, job: JobSettings, instant: datetime) -> str | None:
+        """Publish the job's command for ``instant`` if this replica wins the fire; retry
+        within the grace. Returns the outcome, None when another replica handled it."""
         fid = fire_id(job, instant)
-        if fid in self._fired:
-            return
-        self._fired.add(fid)
+        deadline = instant + self.grace
+        ttl_s = self.settings.lock_ttl_s
+        while True:
+            try:
+                if await self.store.record_of(fid) is not None:
+                    return None
+                if await self.store.claim(fid, self.replica, ttl_s):
+                    break
+            except Exception as e:  # Redis away: keep trying within the grace
+                log.warning("fire store unavailable", extra=kv(fire=fid, error=repr(e)))
+            if self.clock.now() > deadline:
+                self._failures.labels(job.name).inc()
+                self.events.alert("timer_fire_failed", f"job {job.name}: could not claim the fire in time", fire=fid)
+                return FAILED
+            # another replica holds the fire: check back until it is recorded or its claim lapses
+            await self._pause_real(ttl_s / 2)
+            if self._stopping.is_set():
+                return None
+        note = horizon_note(job, instant)
+        if note is not None:
+            self.events.alert("calendar_unconfirmed", f"job {job.name}: {note}", job=job.name, fire=fid)
+        renewer = asyncio.create_task(self._renew(fid, ttl_s), name=f"timer.renew.{job.name}")
+        try:
+            outcome, error = await self._publish(job, instant, deadline)
+        finally:
+            await cancel_and_wait([renewer])
+        lateness = (self.clock.now() - instant).total_seconds()
+        record = {
+            "job": job.name,
+            "fire_id": fid,
+            "instant": instant.isoformat(),
+            "replica": self.replica,
+            "outcome": outcome,
+            "lateness_s": round(lateness, 4),
+            "recorded_at": utcnow().isoformat(),
+            **({"error": error} if error else {}),
+            **({"calendar": note} if note else {}),
+        }
+        try:
+            await self.store.record(job.name, fid, instant, self.replica, record)
+        except Exception as e:
+            log.error("fire not recorded", extra=kv(fire=fid, error=repr(e)))
+        self._fires.labels(job.name, outcome).inc()
+        if outcome == PUBLISHED:
+            self._lateness.observe(max(lateness, 0.0))
+        else:
+            self._failures.labels(job.name).inc()
+            self.events.alert("timer_fire_failed", f"job {job.name}: not published within the grace", fire=fid)
+        self.events.status(
+            "timer",
+            "fired" if outcome == PUBLISHED else "fire_failed",
+            job=job.name,
+            fire=fid,
+            instant=instant.isoformat(),
+            replica=self.replica,
+            lateness_ms=round(lateness * 1000, 1),
+        )
+        return outcome
+
+    async def _publish(self, job: JobSettings, instant: datetime, deadline: datetime) -> tuple[str, str | None]:
+        """Publish, retrying (the publisher resends with backoff) until the grace ends."""
         cmd = self.command_for(job, instant)
+        remaining = self.clock.real_seconds((deadline - self.clock.now()).total_seconds())
         try:
             await asyncio.wait_for(
                 self.publisher.publish(self.topics.named(job.topic), cmd, key=job.target),
-                timeout=max(self.settings.misfire_grace_s, 1.0),
+                timeout=max(remaining, 1.0),
             )
         except TimeoutError:
-            self._failures.labels(job.name).inc()
-            self.events.alert(
-                "timer_fire_failed", f"job {job.name} could not publish within the grace period", fire=fid
+            return FAILED, "broker did not acknowledge within the grace"
+        except Exception as e:
+            return FAILED, repr(e)
+        return PUBLISHED, None
+
+    async def _renew(self, fid: str, ttl_s: float) -> None:
+        while True:
+            await asyncio.sleep(ttl_s / 3)
+            try:
+                await self.store.renew(fid, self.replica, ttl_s)
+            except Exception as e:
+                log.warning("claim renewal failed", extra=kv(fire=fid, error=repr(e)))
+
+    # -- schedule ----------------------------------------------------------------------
+
+    async def _recover(self, job: JobSettings, now: datetime) -> datetime | None:
+        """The instant to fire now for what ``job`` missed since its last recorded fire
+        (the latest miss within the grace; older ones are logged and skipped)."""
+        try:
+            last = await self.store.last_fire(job.name)
+        except Exception as e:
+            log.error("last fire unknown, no misfire recovery", extra=kv(job=job.name, error=repr(e)))
+            return None
+        if last is None:
+            return None
+        misses = missed(job, last, now)
+        if not misses:
+            return None
+        within = [m for m in misses if now - m <= self.grace]
+        too_old = [m for m in misses if now - m > self.grace]
+        if too_old:
+            self._skipped.labels(job.name).inc(len(too_old))
+            log.warning(
+                "missed instants older than the grace, skipped",
+                extra=kv(job=job.name, count=len(too_old), first=too_old[0].isoformat(), last=too_old[-1].isoformat()),
             )
+            with contextlib.suppress(Exception):
+                await self.store.advance_last(job.name, too_old[-1])
+        if not within:
+            return None
+        if len(within) > 1:
+            self._skipped.labels(job.name).inc(len(within) - 1)
+            log.info(
+                "missed instants coalesced", extra=kv(job=job.name, count=len(within), firing=within[-1].isoformat())
+            )
+        log.info("firing a missed instant", extra=kv(job=job.name, instant=within[-1].isoformat()))
+        return within[-1]
+
+    def request_reload(self) -> None:
+        """Reload task_timer.yml at the next turn of the loop (SIGHUP)."""
+        self._reload_requested = True
+        self._wake.set()
+
+    async def _reload(self, pending: dict[str, datetime]) -> None:
+        path = self.config.directory / TASK_TIMER_FILE
+        try:
+            parsed = await asyncio.to_thread(load_jobs, path)
+        except ConfigError as e:
+            self._reloads.labels("invalid").inc()
+            log.error("task_timer.yml invalid, keeping the old jobs:\n%s", e, extra=kv(file=str(path)))
+            self.events.alert("timer_config_invalid", str(e), severity="error", file=str(path))
             return
-        lateness = (self.clock() - instant).total_seconds()
-        self._lateness.observe(max(lateness, 0.0))
-        self._fires.labels(job.name).inc()
-        log.info("fired", extra=kv(job=job.name, instant=instant.isoformat(), lateness_ms=round(lateness * 1000, 1)))
+        now = self.clock.now()
+        new = {j.name: j for j in parsed.jobs if j.enabled}
+        kept = [n for n, j in new.items() if self.jobs.get(n) == j]
+        for name in list(pending):
+            if name not in kept:
+                del pending[name]
+        for name, job in new.items():
+            if name not in kept:
+                pending[name] = next_fire(job, now)
+        self.jobs = new
+        self._reloads.labels("ok").inc()
+        log.info("task_timer.yml reloaded", extra=kv(jobs=sorted(new), unchanged=sorted(kept)))
+        self.events.status("timer", "reloaded", jobs=sorted(new), unchanged=sorted(kept))
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.start_kafka()
-        log.info("jobs loaded", extra=kv(jobs=[j.name for j in self.jobs]))
+        if not await self.start_kafka(stop):
+            await self.stop_kafka()
+            return
+        try:
+            await self.store.start()
+        except BaseException:
+            await self.stop_kafka()
+            raise
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+            self.reloads_on_sighup = True
+        if not self.store.shared:
+            log.warning("no redis.url in livedata.yml: single-instance mode (run one tasktimer only)")
+            self.events.status("timer", "single_instance", reason="redis.url not set")
+        log.info("jobs loaded", extra=kv(jobs=sorted(self.jobs), replica=self.replica))
         try:
             async with asyncio.TaskGroup() as tg:
                 events_task = tg.create_task(self.events.run(self.publisher), name="timer.events")
-                fires: set[asyncio.Task[None]] = set()
-                now = self.clock()
-                pending = {j.name: (j, next_fire(j, now)) for j in self.jobs}
+                fires: set[asyncio.Task[Any]] = set()
+
+                def launch(job: JobSettings, at: datetime) -> None:
+                    # each fire is its own task: a slow broker delays no other job
+                    t = tg.create_task(self._fire_logged(job, at), name=f"timer.fire.{job.name}")
+                    fires.add(t)
+                    t.add_done_callback(fires.discard)
+
+                def relay_stop(_: object) -> None:
+                    self._stopping.set()
+                    self._wake.set()
+
+                stop_waiter = tg.create_task(stop.wait(), name="timer.stop")
+                stop_waiter.add_done_callback(relay_stop)
+                now = self.clock.now()
+                pending: dict[str, datetime] = {}
+                for job in self.jobs.values():
+                    catch_up = await self._recover(job, now)
+                    if catch_up is not None:
+                        launch(job, catch_up)
+                    pending[job.name] = next_fire(job, now)
                 while not stop.is_set():
-                    self.next_fires = {name: at for name, (_, at) in pending.items()}
+                    self.next_fires = dict(pending)
+                    if self._reload_requested:
+                        self._reload_requested = False
+                        await self._reload(pending)
+                        continue
+                    self._wake.clear()
                     if not pending:
-                        await stop.wait()
-                        break
-                    soonest = min(at for _, at in pending.values())
-                    delay = (soonest - self.clock()).total_seconds()
+                        await self._wake.wait()
+                        continue
+                    soonest = min(pending.values())
+                    delay = (soonest - self.clock.now()).total_seconds()
                     if delay > 0:
-                        # wake a hair early, then on time: wait_for has ~ms jitter
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), timeout=delay)
-                        if stop.is_set():
-                            break
-                        remaining = (soonest - self.clock()).total_seconds()
-                        if remaining > 0:
+                            await asyncio.wait_for(self._wake.wait(), timeout=self.clock.real_seconds(delay))
+                        continue  # re-check: woken early, by a reload or by stop
+                    now = self.clock.now()
+                    for name, at in list(pending.items()):
+                        if at > now:
                             continue
-                    now = self.clock()
-                    for name, (job, at) in list(pending.items()):
-                        if at <= now:
-                            # each fire is its own task: a slow broker delays no other job
-                            t = tg.create_task(self.fire(job, at), name=f"timer.fire.{name}")
-                            fires.add(t)
-                            t.add_done_callback(fires.discard)
-                            pending[name] = (job, next_fire(job, now))
-                for t in list(fires):
-                    t.cancel()
+                        job = self.jobs[name]
+                        due = [at, *missed(job, at, now)]
+                        if len(due) > 1:  # the loop fell behind (suspend, overload): coalesce
+                            self._skipped.labels(name).inc(len(due) - 1)
+                            log.warning("instants coalesced", extra=kv(job=name, count=len(due)))
+                        if now - due[-1] <= self.grace:
+                            launch(job, due[-1])
+                        pending[name] = next_fire(job, now)
+                self._stopping.set()
+                await cancel_and_wait(list(fires))
                 self.events.close()
                 await events_task
         finally:
+            if self.reloads_on_sighup:
+                loop.remove_signal_handler(signal.SIGHUP)
+                self.reloads_on_sighup = False
+            await self.store.stop()
             await self.stop_kafka()
+
+    async def _fire_logged(self, job: JobSettings, at: datetime) -> None:
+        try:
+            outcome = await self.fire(job, at)
+        except Exception as e:  # one job's bug must not end the timer
+            log.exception("fire failed", extra=kv(job=job.name, instant=at.isoformat()))
+            self.events.alert("timer_fire_failed", f"job {job.name}: {e!r}", fire=fire_id(job, at))
+            return
+        if outcome is not None:
+            log.info("fire", extra=kv(job=job.name, instant=at.isoformat(), outcome=outcome))

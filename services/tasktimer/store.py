@@ -1,0 +1,165 @@
+"""Where each fire is claimed and recorded: Redis across replicas, or this process alone.
+
+Keys (under the configured prefix): ``lock:<fire id>`` a replica's claim (SET NX PX,
+renewed while it publishes), ``fire:<fire id>`` the record of a fire (JSON: instant,
+replica, outcome, lateness), ``last`` (hash job -> epoch of the latest instant handled,
+for misfire recovery after a restart) and ``outcome`` (hash job -> its latest record).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+_RECORD = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local cur = redis.call('HGET', KEYS[2], ARGV[3])
+if (not cur) or tonumber(cur) < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
+end
+if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
+return 1
+"""
+
+_ADVANCE = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (not cur) or tonumber(cur) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class FireStore(Protocol):
+    """Claims and records of fires, shared by every replica that uses the same store."""
+
+    shared: bool
+    """True when other replicas see the same claims (Redis)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def record_of(self, fire_id: str) -> dict[str, Any] | None: ...
+    async def claim(self, fire_id: str, replica: str, ttl_s: float) -> bool: ...
+    async def renew(self, fire_id: str, replica: str, ttl_s: float) -> bool: ...
+    async def record(self, job: str, fire_id: str, instant: datetime, replica: str, record: dict[str, Any]) -> None: ...
+    async def advance_last(self, job: str, instant: datetime) -> None: ...
+    async def last_fire(self, job: str) -> datetime | None: ...
+    async def outcomes(self) -> dict[str, dict[str, Any]]: ...
+
+
+def _epoch(instant: datetime) -> str:
+    return str(int(instant.timestamp()))
+
+
+def _from_epoch(raw: bytes | str | None) -> datetime | None:
+    return None if raw is None else datetime.fromtimestamp(int(raw), UTC)
+
+
+class RedisFireStore:
+    """Fires claimed and recorded in Redis, so replicas agree."""
+
+    shared = True
+
+    def __init__(self, url: str, prefix: str, record_ttl_s: float) -> None:
+        self._client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._p = prefix
+        self._record_ttl_s = int(record_ttl_s)
+        self._record = self._client.register_script(_RECORD)
+        self._advance = self._client.register_script(_ADVANCE)
+        self._renew = self._client.register_script(_RENEW)
+
+    async def start(self) -> None:
+        await self._client.ping()
+
+    async def stop(self) -> None:
+        await self._client.aclose()
+
+    async def record_of(self, fire_id: str) -> dict[str, Any] | None:
+        raw = await self._client.get(f"{self._p}:fire:{fire_id}")
+        return None if raw is None else dict(json.loads(raw))
+
+    async def claim(self, fire_id: str, replica: str, ttl_s: float) -> bool:
+        return bool(await self._client.set(f"{self._p}:lock:{fire_id}", replica, nx=True, px=int(ttl_s * 1000)))
+
+    async def renew(self, fire_id: str, replica: str, ttl_s: float) -> bool:
+        return bool(await self._renew(keys=[f"{self._p}:lock:{fire_id}"], args=[replica, int(ttl_s * 1000)]))
+
+    async def record(self, job: str, fire_id: str, instant: datetime, replica: str, record: dict[str, Any]) -> None:
+        keys = [f"{self._p}:fire:{fire_id}", f"{self._p}:last", f"{self._p}:outcome", f"{self._p}:lock:{fire_id}"]
+        await self._record(keys=keys, args=[json.dumps(record), self._record_ttl_s, job, _epoch(instant), replica])
+
+    async def advance_last(self, job: str, instant: datetime) -> None:
+        await self._advance(keys=[f"{self._p}:last"], args=[job, _epoch(instant)])
+
+    async def last_fire(self, job: str) -> datetime | None:
+        return _from_epoch(await self._client.hget(f"{self._p}:last", job))
+
+    async def outcomes(self) -> dict[str, dict[str, Any]]:
+        raw = await self._client.hgetall(f"{self._p}:outcome")
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+
+class MemoryFireStore:
+    """Single-instance mode: claims and records in this process (lost on restart, so no
+    misfire recovery across restarts). Records are bounded: the oldest go first."""
+
+    shared = False
+
+    def __init__(self, max_records: int = 10_000) -> None:
+        self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._locks: dict[str, tuple[str, float]] = {}
+        self._last: dict[str, datetime] = {}
+        self._outcomes: dict[str, dict[str, Any]] = {}
+        self._max = max_records
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def record_of(self, fire_id: str) -> dict[str, Any] | None:
+        return self._records.get(fire_id)
+
+    async def claim(self, fire_id: str, replica: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        held = self._locks.get(fire_id)
+        if held is not None and held[1] > now:
+            return False
+        self._locks[fire_id] = (replica, now + ttl_s)
+        return True
+
+    async def renew(self, fire_id: str, replica: str, ttl_s: float) -> bool:
+        held = self._locks.get(fire_id)
+        if held is None or held[0] != replica:
+            return False
+        self._locks[fire_id] = (replica, time.monotonic() + ttl_s)
+        return True
+
+    async def record(self, job: str, fire_id: str, instant: datetime, replica: str, record: dict[str, Any]) -> None:
+        self._records[fire_id] = record
+        while len(self._records) > self._max:
+            self._records.popitem(last=False)
+        self._locks.pop(fire_id, None)
+        if job not in self._last or self._last[job] < instant:
+            self._last[job] = instant
+            self._outcomes[job] = record
+
+    async def advance_last(self, job: str, instant: datetime) -> None:
+        if job not in self._last or self._last[job] < instant:
+            self._last[job] = instant
+
+    async def last_fire(self, job: str) -> datetime | None:
+        return self._last.get(job)
+
+    async def outcomes(self) -> dict[str, dict[str, Any]]:
+        return dict(self._outcomes)
