@@ -173,3 +173,81 @@ class Daemon:
             return await self.proc.wait()
 
 
+
+
+class System:
+    """The three daemons on one config directory (sim feeders by default), as processes."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        bootstrap: str,
+        *,
+        prefix: str | None = None,
+        sim: dict[str, Any] | None = None,
+        data_sources: dict[str, Any] | None = None,
+        task_timer: dict[str, Any] | None = None,
+        livedata: dict[str, Any] | None = None,
+        names: tuple[str, ...] = tuple(MODULES),
+    ) -> None:
+        import uuid
+
+        import yaml
+
+        from services.ops.servers import free_port
+        from shared.topics import Topics
+
+        self.topics = Topics(prefix or f"sys.{uuid.uuid4().hex[:8]}")
+        self.config_dir = workdir / f"system-{self.topics.prefix}"
+        self.config_dir.mkdir(parents=True)
+        ports = {name: free_port() for name in MODULES}
+        live: dict[str, Any] = {
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "linger_ms": 0,
+                "session_timeout_ms": 2000,
+                "heartbeat_interval_ms": 300,
+            },
+            "topics": {"prefix": self.topics.prefix},
+            "gateway": {"http": {"port": ports["gateway"]}},
+            "datamanager": {"http": {"port": ports["datamanager"]}},
+            "tasktimer": {"http": {"port": ports["tasktimer"]}},
+        }
+        for section, values in (livedata or {}).items():
+            live[section] = {**live.get(section, {}), **values}
+        sim = sim or {"type": "sim", "ticks_per_s_per_symbol": 50, "interval_ms": 20}
+        if data_sources is None:
+            data_sources = {"markets": {m: {"sources": [sim]} for m in ("CN", "HK", "US")}}
+        if task_timer is None:
+            task_timer = {"jobs": [{"name": "snap", "cron": "* * * * *", "command": "bar_snapshot"}]}
+        (self.config_dir / "livedata.yml").write_text(yaml.safe_dump(live))
+        (self.config_dir / "data_sources.yml").write_text(yaml.safe_dump(data_sources))
+        (self.config_dir / "task_timer.yml").write_text(yaml.safe_dump(task_timer))
+        env = env_without_overrides()
+        self.daemons = {
+            name: Daemon(name, self.config_dir, ports[name], self.config_dir / f"{name}.log", env) for name in names
+        }
+
+    def __getitem__(self, name: str) -> Daemon:
+        return self.daemons[name]
+
+    async def start(self, timeout_s: float = 30.0) -> System:
+        for daemon in self.daemons.values():
+            await daemon.start()
+        for daemon in self.daemons.values():
+            await daemon.wait_ready(timeout_s)
+        return self
+
+    async def kill(self) -> None:
+        for daemon in self.daemons.values():
+            await daemon.kill()
+
+    async def __aenter__(self) -> System:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.kill()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.kill()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-import yaml
 
-from services.ops.servers import free_port
 from shared.dto import (
     CommandResult,
     ControlCommand,
@@ -21,7 +19,7 @@ from shared.dto import (
     utcnow,
 )
 from shared.topics import Topics
-from tests.daemons import Daemon
+from tests.daemons import Daemon, System
 from tests.helpers import TopicReader, eventually, publish
 
 pytestmark = pytest.mark.e2e
@@ -37,42 +35,8 @@ DAEMONS = {
 async def system(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Topics, dict[str, Daemon]]]:
-    import uuid
-
-    topics = Topics(f"e2e.{uuid.uuid4().hex[:8]}")
-    d = tmp_path_factory.mktemp("e2e")
-    ports = {name: free_port() for name in DAEMONS}
-    live = {
-        "kafka": {
-            "bootstrap_servers": kafka_bootstrap,
-            "linger_ms": 0,
-            "session_timeout_ms": 2000,
-            "heartbeat_interval_ms": 300,
-        },
-        "topics": {"prefix": topics.prefix},
-        "gateway": {"http": {"port": ports["gateway"]}},
-        "datamanager": {"http": {"port": ports["datamanager"]}},
-        "tasktimer": {"http": {"port": ports["tasktimer"]}},
-    }
-    sim = {"type": "sim", "ticks_per_s_per_symbol": 50, "interval_ms": 20}
-    (d / "livedata.yml").write_text(yaml.safe_dump(live))
-    (d / "data_sources.yml").write_text(
-        yaml.safe_dump({"markets": {m: {"sources": [sim]} for m in ("CN", "HK", "US")}})
-    )
-    (d / "task_timer.yml").write_text(
-        yaml.safe_dump({"jobs": [{"name": "snap", "cron": "* * * * *", "command": "bar_snapshot"}]})
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL")}
-    daemons = {name: Daemon(name, d, ports[name], d / f"{name}.log", env) for name in DAEMONS}
-    try:
-        for daemon in daemons.values():
-            await daemon.start()
-        for daemon in daemons.values():
-            await eventually(daemon.ready, timeout_s=30, interval_s=0.1, what=f"{daemon.name} ready")
-        yield topics, daemons
-    finally:
-        for daemon in daemons.values():
-            await daemon.kill()
+    async with System(tmp_path_factory.mktemp("e2e"), kafka_bootstrap, prefix=f"e2e.{uuid.uuid4().hex[:8]}") as s:
+        yield s.topics, s.daemons
 
 
 def interest(pid: str, kind: UpdateType, *symbols: str) -> InterestUpdate:
