@@ -162,8 +162,10 @@ class BarAggregator:
         st = self._symbols.get(symbol)
         if st is None:
             st = self._state(symbol)
-        if offset >= 0 and partition == st.last_partition and offset <= st.last_offset:
-            return self._reject("redelivered")
+        if offset >= 0:
+            if partition == st.last_partition and offset <= st.last_offset:
+                return self._reject("redelivered")
+            st.last_partition, st.last_offset = partition, offset
         ts = t.timestamp.timestamp()
         if ts > self.clock_limit:
             return self._reject("future_timestamp")
@@ -171,7 +173,7 @@ class BarAggregator:
             if ts < st.last_ts:
                 if ts < st.last_ts - self.late_grace_s:
                     return self._reject("late")
-                return self._late(t, st, ts, partition, offset)
+                return self._late(t, st, ts)
             if price == st.last_price and volume == st.last_cum_volume and size == st.last_size:
                 return self._reject("duplicate")
         if ts >= st.day_end:
@@ -199,8 +201,6 @@ class BarAggregator:
         st.last_ts = ts
         st.last_price = price
         st.last_size = size
-        st.last_partition = partition
-        st.last_offset = offset
         st.last_tick = t
         st.source = t.source
         minute_start = ts - ts % 60.0
@@ -245,7 +245,7 @@ class BarAggregator:
         self.ticks += 1
         return None
 
-    def _late(self, t: PriceUpdate, st: _SymbolBars, ts: float, partition: int, offset: int) -> str | None:
+    def _late(self, t: PriceUpdate, st: _SymbolBars, ts: float) -> str | None:
         """A tick within the grace behind its symbol's newest: revise the bar it falls in."""
         symbol = t.symbol
         price = t.price
@@ -272,8 +272,6 @@ class BarAggregator:
         if volume is None:
             d.volume += dv
             d.amount += da
-        if offset >= 0:
-            st.last_partition, st.last_offset = partition, offset
         self._dirty.add(symbol)
         self.revisions += 1
         self.ticks += 1
@@ -394,7 +392,7 @@ class BarAggregator:
     def restore(self, rows: list[BarRow]) -> int:
         """Resume from stored rows: each symbol's daily bar and its newest minute bar."""
         restored = 0
-        for r in sorted(rows, key=lambda r: (r.period != "1d", r.start_ms)):
+        for r in sorted(rows, key=lambda r: (r.period != "1d", -r.start_ms)):  # newest minute first
             try:
                 st = self._state(r.symbol)
             except ValueError:

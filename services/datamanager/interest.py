@@ -65,7 +65,7 @@ class InterestRegistry:
             new = frozenset()
         lease = update.lease_s if update.lease_s is not None else self.default_lease_s
         expires = update.timestamp.timestamp() + min(lease, self.max_lease_s) if lease is not None else None
-        if new:
+        if new or offset >= 0:  # an emptied subscriber stays as a tombstone of its offset
             self._subscribers[sid] = Subscriber(new, expires, offset)
         else:
             self._subscribers.pop(sid, None)
@@ -80,9 +80,8 @@ class InterestRegistry:
         for symbols in self._by_market.values():
             symbols.clear()
         for sid, sub in subscribers.items():
-            if sub.symbols:
-                self._subscribers[sid] = sub
-                self._change((), sub.symbols)
+            self._subscribers[sid] = sub
+            self._change((), sub.symbols)
         self.dirty.clear()
 
     def take_dirty(self) -> dict[SubscriberId, Subscriber | None]:
@@ -133,4 +132,5 @@ class InterestRegistry:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        """Subscribers holding at least one symbol."""
+        return sum(1 for s in self._subscribers.values() if s.symbols)

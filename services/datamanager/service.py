@@ -543,9 +543,7 @@ class DataManager(Service):
         skew = self.settings.max_clock_skew_s
         market_data = self.topics.market_data
         try:
-            tps = await assign_all(consumer, market_data)
-            for tp in tps:
-                await consumer.position(tp)
+            await _pin_start(consumer, await assign_all(consumer, market_data))
             self.ticks_ready.set()
             while not stop.is_set():
                 store = self.store
@@ -646,9 +644,7 @@ class DataManager(Service):
         await consumer.start()
         ttl = self.settings.command_freshness_s * 2
         try:
-            tps = await assign_all(consumer, self.topics.control_commands)
-            for tp in tps:
-                await consumer.position(tp)
+            await _pin_start(consumer, await assign_all(consumer, self.topics.control_commands))
             self.commands_ready.set()
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=100)
@@ -743,3 +739,15 @@ class DataManager(Service):
     async def _status(self, cmd: ControlCommand) -> dict[str, Any]:
         return {**self.health(), "rejected": dict(self.bars.rejected), "failed_records": dict(self.failed_records)}
 
+
+async def _pin_start(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+    """Resolve each partition's start and commit it where the group had no offset yet, so
+    a crash before the first regular commit resumes here instead of at the end."""
+    fresh: dict[TopicPartition, int] = {}
+    for tp in tps:
+        committed = await consumer.committed(tp)
+        position = await consumer.position(tp)
+        if committed is None:
+            fresh[tp] = position
+    if fresh:
+        await consumer.commit(fresh)

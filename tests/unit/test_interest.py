@@ -75,3 +75,22 @@ def test_default_lease_applies_when_update_has_none() -> None:
     r = InterestRegistry(default_lease_s=10)
     r.apply(upd("p1", "add", "AAPL"))
     assert r.expire(T0.timestamp() + 11)[1] == [("p1", "n1")]
+
+
+def test_a_redelivered_update_changes_nothing() -> None:
+    r = InterestRegistry()
+    r.apply(upd("p1", "add", "AAPL"), offset=5)
+    r.apply(upd("p1", "remove", "AAPL"), offset=6)
+    assert r.apply(upd("p1", "add", "AAPL"), offset=5) == set()  # the old add, delivered again
+    assert r.subscriber_symbols("p1", "n1") == frozenset()
+
+
+def test_added_symbols_dirty_subscribers_and_lease_cap() -> None:
+    r = InterestRegistry(max_lease_s=60)
+    r.apply(upd("p1", "replace", "AAPL", "MSFT", lease_s=1e12), offset=0)
+    assert r.last_added == {"AAPL", "MSFT"}
+    r.apply(upd("p1", "add", "MSFT", "00700.HK", lease_s=1e12), offset=1)
+    assert r.last_added == {"00700.HK"}
+    assert list(r.take_dirty()) == [("p1", "n1")] and not r.dirty
+    assert r.expire(T0.timestamp() + 61)[1] == [("p1", "n1")]  # a huge lease is cut to max_lease_s
+    assert r.take_dirty() == {("p1", "n1"): None}
