@@ -50,16 +50,11 @@ class Run:
         return [d for s, d in self.statuses if s == state][-1]
 
     def counter(self, name: str, **labels: str) -> float:
-        value = self.metrics.registry.get_sample_value(
-            f"livedata_feeder_{name}_total", {"source": "alpaca", **labels}
-        )
+        value = self.metrics.registry.get_sample_value(f"livedata_feeder_{name}_total", {"source": "alpaca", **labels})
         return value or 0.0
 
     def of(self, symbol: str, trades: bool | None = None) -> list[PriceUpdate]:
-        return [
-            t for t in self.ticks
-            if t.symbol == symbol and (trades is None or (t.last_size is not None) == trades)
-        ]
+        return [t for t in self.ticks if t.symbol == symbol and (trades is None or (t.last_size is not None) == trades)]
 
 
 def make_feeder(sim: AlpacaSimulator, **settings: Any) -> tuple[AlpacaFeeder, Run]:
@@ -117,9 +112,7 @@ def assert_ticks_match_sent(run: Run, sim: AlpacaSimulator, wire: dict[str, str]
 async def test_ticks_for_exactly_the_subscribed_symbols() -> None:
     wire = {"AAPL": "AAPL", "MSFT": "MSFT", "BRK-B": "BRK.B"}
     async with AlpacaSimulator() as sim, running(sim, set(wire)) as run:
-        await eventually(
-            lambda: all(len(run.of(s, trades=True)) >= 5 for s in wire), what="trades of each symbol"
-        )
+        await eventually(lambda: all(len(run.of(s, trades=True)) >= 5 for s in wire), what="trades of each symbol")
         assert sim.subscription("trades") == sim.subscription("quotes") == set(wire.values())
         assert {t.symbol for t in run.ticks} == set(wire)
         assert_ticks_match_sent(run, sim, wire)
@@ -143,17 +136,11 @@ async def test_subscribe_and_unsubscribe_diffs_reach_the_server() -> None:
         run.feeder.set_symbols(frozenset({"MSFT", "TSLA"}))
         await eventually(lambda: sim.subscription() == {"MSFT", "TSLA"}, what="diff applied")
         assert sim.subscription("quotes") == {"MSFT", "TSLA"}
-        assert sim.requests("unsubscribe")[-1] == {
-            "action": "unsubscribe", "trades": ["AAPL"], "quotes": ["AAPL"]
-        }
-        assert sim.requests("subscribe")[-1] == {
-            "action": "subscribe", "trades": ["TSLA"], "quotes": ["TSLA"]
-        }
+        assert sim.requests("unsubscribe")[-1] == {"action": "unsubscribe", "trades": ["AAPL"], "quotes": ["AAPL"]}
+        assert sim.requests("subscribe")[-1] == {"action": "subscribe", "trades": ["TSLA"], "quotes": ["TSLA"]}
         mark_ticks, mark_sent = len(run.ticks), len(sim.sent_data)
         # the server keeps sending AAPL briefly, as the real one does; none become ticks
-        await eventually(
-            lambda: any(m["S"] == "AAPL" for _, m in sim.sent_data[mark_sent:]), what="lingering AAPL"
-        )
+        await eventually(lambda: any(m["S"] == "AAPL" for _, m in sim.sent_data[mark_sent:]), what="lingering AAPL")
         await eventually(lambda: run.of("TSLA"), what="TSLA ticks")
         lingering_sent_at = len(sim.sent_data)
         await eventually(lambda: len(sim.sent_data) > lingering_sent_at + 10, what="more data")
@@ -321,7 +308,10 @@ async def test_own_symbol_limit_requests_no_more_and_reports_once() -> None:
         await eventually(lambda: run.of("BBB"), what="ticks")
         assert run.states().count("symbol_limit") == 1
         assert run.detail("symbol_limit") == {
-            "limit": 2, "excess_count": 1, "excess": ["CCC"], "refused_by_server": False
+            "limit": 2,
+            "excess_count": 1,
+            "excess": ["CCC"],
+            "refused_by_server": False,
         }
         assert all("CCC" not in m["trades"] for m in sim.requests("subscribe"))
         run.feeder.set_symbols(frozenset({"BBB", "CCC", "DDD"}))  # AAA leaves: CCC fits now
@@ -381,8 +371,7 @@ async def test_slow_client_407_and_http_429_reconnect() -> None:
         await eventually(lambda: run.of("AAPL"), what="ticks")
         sim.reject_upgrade = (429, {"Retry-After": "0"})
         await sim.inject_error(407, "slow client", close=True)
-        await eventually(lambda: any("HTTP 429" in d.get("error", "") for _, d in run.statuses),
-                         what="429 seen")
+        await eventually(lambda: any("HTTP 429" in d.get("error", "") for _, d in run.statuses), what="429 seen")
         assert "407" in next(d for s, d in run.statuses if s == "disconnected")["error"]
         sim.reject_upgrade = None
         await eventually(lambda: len(sim.authenticated_at) == 2, what="back after 429")
@@ -442,3 +431,114 @@ async def test_simulator_auth_timeout_and_order() -> None:
             assert json.loads(await ws.recv()) == [{"T": "success", "msg": "authenticated"}]
             await ws.send(json.dumps({"action": "auth", "key": "test-key", "secret": "test-secret"}))
             assert json.loads(await ws.recv())[0]["code"] == 403
+
+
+async def consume_into(run: Run) -> asyncio.Task[None]:
+    async def consume() -> None:
+        gen = run.feeder.ticks()
+        async with contextlib.aclosing(gen):
+            async for batch in gen:
+                run.ticks.extend(batch)
+
+    return asyncio.create_task(consume(), name="test.alpaca.consume")
+
+
+async def test_corrections_cancels_halts_and_luld_become_status_events() -> None:
+    t = "2024-03-04T14:30:00.123456789Z"
+    async with AlpacaSimulator() as sim, running(sim, {"AAPL"}) as run:
+        await eventually(lambda: run.of("AAPL"), what="ticks")
+        await sim.send_data(
+            [
+                {
+                    "T": "c",
+                    "S": "AAPL",
+                    "x": "V",
+                    "oi": 7,
+                    "op": 170.1,
+                    "os": 100,
+                    "ci": 8,
+                    "cp": 170.2,
+                    "cs": 90,
+                    "oc": [],
+                    "cc": [],
+                    "t": t,
+                    "z": "C",
+                },
+                {"T": "x", "S": "AAPL", "x": "V", "i": 9, "p": 170.3, "s": 50, "a": "C", "t": t, "z": "C"},
+                {"T": "s", "S": "AAPL", "sc": "H", "sm": "Trading Halt", "rc": "T12", "rm": "News", "t": t, "z": "C"},
+                {"T": "l", "S": "AAPL", "u": 180.5, "d": 160.25, "i": "B", "t": t, "z": "C"},
+                {"T": "t", "S": 123, "i": 1, "x": "V", "p": 1.0, "s": 1, "c": [], "t": t, "z": "C"},
+            ]
+        )
+        await eventually(lambda: "luld" in run.states(), what="trading events")
+        fix = run.detail("trade_correction")
+        assert fix["original"] == {"id": 7, "price": 170.1, "size": 100}
+        assert fix["corrected"] == {"id": 8, "price": 170.2, "size": 90} and fix["symbol"] == "AAPL"
+        assert run.detail("trade_cancel")["id"] == 9 and run.detail("trade_cancel")["action"] == "C"
+        assert run.detail("trading_status")["status_code"] == "H"
+        assert (run.detail("luld")["limit_up"], run.detail("luld")["limit_down"]) == (180.5, 160.25)
+        # a numeric S is malformed, counted, never silently dropped
+        assert run.counter("malformed", reason="bad_message") == 1
+
+
+async def test_a_restart_of_the_same_feeder_reports_resubscribed_and_the_gap() -> None:
+    async with AlpacaSimulator(reap_window_s=30.0) as sim:
+        feeder, run = make_feeder(sim)
+        feeder.set_symbols(frozenset({"AAPL"}))
+        task = await consume_into(run)
+        await eventually(lambda: run.of("AAPL"), what="ticks")
+        task.cancel()  # what the market watchdog does to a stale source
+        await asyncio.wait([task])
+        last = run.ticks[-1].timestamp
+        task = await consume_into(run)
+        try:
+            await eventually(lambda: "gap" in run.states(), what="the gap after the restart")
+            assert "resubscribed" in run.states()
+            assert run.detail("gap")["last_tick"] == last.isoformat()
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+
+
+async def test_406_hold_outlives_a_restart_of_the_generator() -> None:
+    sim = AlpacaSimulator(reap_window_s=0.8)
+    settings = {"connection_limit_wait_s": 1.0, "connection_limit_jitter_s": 0.2}
+    async with sim:
+        feeder, run = make_feeder(sim, **settings)
+        feeder.set_symbols(frozenset({"AAPL"}))
+        task = await consume_into(run)
+        await eventually(lambda: run.of("AAPL"), what="ticks")
+        dropped_at = asyncio.get_running_loop().time()
+        sim.drop_all()
+        await eventually(lambda: 406 in sim.error_codes(), what="406 on the first reconnect")
+        refused_at = next(t for _, code, t in sim.errors_sent if code == 406)
+        task.cancel()  # a watchdog restart inside the hold must not skip it
+        await asyncio.wait([task])
+        task = await consume_into(run)
+        try:
+            await eventually(lambda: len(sim.authenticated_at) == 2, timeout_s=5, what="back in")
+            assert sim.authenticated_at[1] - refused_at >= 1.0
+            assert sim.error_codes().count(406) == 1  # no storm
+            n = len(run.ticks)
+            await eventually(lambda: len(run.ticks) > n, what="ticks again")
+            print(f"alpaca drop inside the hold: ticks again {asyncio.get_running_loop().time() - dropped_at:.2f}s")
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+
+
+async def test_drop_without_a_held_session_ticks_again_within_2s() -> None:
+    sim = AlpacaSimulator(reap_window_s=0.0)  # the server frees a dropped session at once
+    async with sim, running(sim, {"AAPL", "MSFT"}, backoff_base_s=1.0) as run:
+        await eventually(lambda: run.of("AAPL") and run.of("MSFT"), what="ticks")
+        n = len(run.ticks)
+        dropped = asyncio.get_running_loop().time()
+        sim.drop_all()
+        await eventually(
+            lambda: {t.symbol for t in run.ticks[n:]} == {"AAPL", "MSFT"} and "gap" in run.states(),
+            timeout_s=3,
+            what="both symbols ticking again",
+        )
+        recovered_s = asyncio.get_running_loop().time() - dropped
+        assert recovered_s <= 2.0
+        print(f"alpaca drop: all symbols ticking again after {recovered_s:.2f}s")

@@ -185,6 +185,11 @@ class AlpacaSimulator:
         for s in list(self.sessions):
             await s.conn.send(frame)
 
+    async def send_data(self, msgs: list[dict[str, Any]]) -> None:
+        """Send data messages as given (one frame, each session's encoding) to every session."""
+        for s in list(self.sessions):
+            await self._send(s, msgs)
+
     async def inject_error(self, code: int, msg: str, close: bool = False) -> None:
         for s in list(self.sessions):
             await self._error(s, code, msg)

@@ -56,7 +56,7 @@ from services.feeder_gateway.feeders.alpaca.wire import (
     auth_message,
     subscription_message,
 )
-from services.feeder_gateway.feeders.base import Feeder, FeederConfigError, ProviderError
+from services.feeder_gateway.feeders.base import Feeder, FeederConfigError, FeederContext, ProviderError
 from shared.backoff import Backoff
 from shared.config import Strict
 from shared.dto import PriceUpdate, utcnow
@@ -533,6 +533,16 @@ class AlpacaFeeder(Feeder[AlpacaSettings]):
         }
         return min(per_channel[ch] for ch in s.channels)
 
+    def __init__(self, settings: AlpacaSettings, ctx: FeederContext) -> None:
+        super().__init__(settings, ctx)
+        s = settings
+        # Kept across generator runs, so a restart by the market's watchdog still waits out
+        # a 406 hold, keeps its backoff and reports its resubscribe and gap.
+        self._backoff = Backoff(s.backoff_base_s, s.backoff_cap_s, s.healthy_after_s)
+        self._hold_until = 0.0  # loop time before which no connection is attempted
+        self._last_tick: datetime | None = None  # provider time of the last tick yielded
+        self._lost_at: datetime | None = None  # when the last subscribed connection went down
+
     def _credentials(self) -> tuple[str, str]:
         s, name = self.settings, self.ctx.name
         if s.key is None or s.secret is None or not s.key.get_secret_value():
@@ -552,17 +562,20 @@ class AlpacaFeeder(Feeder[AlpacaSettings]):
             delayed=s.feed == "delayed_sip",
             quote_lot_size=s.quote_lot_size,
             dedup_window=s.dedup_window,
+            trading_events=ctx.emit_status,
         )
         budget = SymbolBudget(s.symbol_limit)
-        backoff = Backoff(s.backoff_base_s, s.backoff_cap_s, s.healthy_after_s)
+        backoff = self._backoff
         rng = random.Random()
+        loop = asyncio.get_running_loop()
         reconnects = ctx.metrics.reconnects.labels(ctx.name)
         tick_count = ctx.metrics.ticks.labels(ctx.name)
-        last_tick: datetime | None = None  # provider time of the last tick yielded
-        lost_at: datetime | None = None  # when the last subscribed connection went down
         attempts = 0
         try:
             while True:
+                hold = self._hold_until - loop.time()
+                if hold > 0:  # set by this run or an earlier one (a 406 outlives a restart)
+                    await asyncio.sleep(hold)
                 if not self.symbols:  # nothing wanted: do not hold the plan's one connection
                     self.symbols_changed.clear()
                     await self.symbols_changed.wait()
@@ -570,7 +583,7 @@ class AlpacaFeeder(Feeder[AlpacaSettings]):
                 if attempts:
                     reconnects.inc()
                 attempts += 1
-                stream = AlpacaStream(self, parser, budget, resubscribe=lost_at is not None)
+                stream = AlpacaStream(self, parser, budget, resubscribe=self._lost_at is not None)
                 delay: float
                 try:
                     await stream.open(key, secret)
@@ -580,18 +593,18 @@ class AlpacaFeeder(Feeder[AlpacaSettings]):
                         "connected", {"url": stream.url, "feed": s.feed, "msgpack": s.msgpack}
                     )
                     await stream.start()
-                    if lost_at is not None:
+                    if self._lost_at is not None:
                         ctx.emit_status(
                             "gap",
                             {
-                                "last_tick": last_tick.isoformat() if last_tick else None,
-                                "disconnected_at": lost_at.isoformat(),
+                                "last_tick": self._last_tick.isoformat() if self._last_tick else None,
+                                "disconnected_at": self._lost_at.isoformat(),
                             },
                         )
-                        lost_at = None
+                        self._lost_at = None
                     while True:
                         batch = await stream.next_batch()
-                        last_tick = batch[-1].timestamp
+                        self._last_tick = batch[-1].timestamp
                         tick_count.inc(len(batch))
                         yield batch
                 except FeederConfigError as e:
@@ -611,14 +624,16 @@ class AlpacaFeeder(Feeder[AlpacaSettings]):
                     delay = backoff.next_delay()
                     error = f"{type(e).__name__}: {e}"
                 finally:
-                    if self.connected and lost_at is None:
-                        lost_at = utcnow()
+                    if self.connected and self._lost_at is None:
+                        self._lost_at = utcnow()
                     self.connected = False
                     await stream.close()
                 ctx.log.warning(
                     "disconnected", extra=kv(error=error, retry_in_s=round(delay, 3))
                 )
                 ctx.emit_status("disconnected", {"error": error, "retry_in_s": round(delay, 3)})
-                await asyncio.sleep(delay)
+                self._hold_until = loop.time() + delay
         finally:
+            if self.connected and self._lost_at is None:
+                self._lost_at = utcnow()
             self.connected = False

@@ -35,6 +35,7 @@ from services.feeder_gateway.feeders.alpaca.wire import IGNORED_DATA_TYPES
 from shared.dto import PriceUpdate
 
 _fromisoformat = datetime.fromisoformat
+_TRADING_EVENTS = frozenset({"c", "x", "s", "l"})
 _MINUTE = timedelta(minutes=1)
 _json_decoder = msgspec.json.Decoder()
 
@@ -216,6 +217,50 @@ class RecentTradeIds:
 
 
 MalformedSink = Callable[[str, str], None]
+TradingEventSink = Callable[[str, dict[str, Any]], None]  # (status state, detail)
+
+
+def trading_event(m: dict[str, Any], symbol: str) -> tuple[str, dict[str, Any]]:
+    """A correction ``c``, cancel ``x``, trading status ``s`` or LULD ``l`` message → the
+    status event that reports it: (state, detail) with the provider's values under
+    readable names, enough for a consumer to correct a published trade or bar."""
+    kind = m["T"]
+    t = parse_timestamp(m["t"]).isoformat()
+    if kind == "c":  # x exchange, oi/op/os original id/price/size, ci/cp/cs corrected ones
+        return "trade_correction", {
+            "symbol": symbol,
+            "exchange": m["x"],
+            "timestamp": t,
+            "original": {"id": m["oi"], "price": _price(m["op"], "op"), "size": _count(m["os"], "os")},
+            "corrected": {"id": m["ci"], "price": _price(m["cp"], "cp"), "size": _count(m["cs"], "cs")},
+        }
+    if kind == "x":  # i trade id, p price, s size, a action (C cancel / E error)
+        return "trade_cancel", {
+            "symbol": symbol,
+            "exchange": m["x"],
+            "timestamp": t,
+            "id": m["i"],
+            "price": _price(m["p"], "p"),
+            "size": _count(m["s"], "s"),
+            "action": m.get("a"),
+        }
+    if kind == "s":  # sc/sm status code/message, rc/rm reason code/message
+        return "trading_status", {
+            "symbol": symbol,
+            "timestamp": t,
+            "status_code": m["sc"],
+            "status": m.get("sm"),
+            "reason_code": m.get("rc"),
+            "reason": m.get("rm"),
+        }
+    # l: u/d limit up/down price, i indicator
+    return "luld", {
+        "symbol": symbol,
+        "timestamp": t,
+        "limit_up": _price(m["u"], "u"),
+        "limit_down": _price(m["d"], "d"),
+        "indicator": m.get("i"),
+    }
 
 
 class FrameParser:
@@ -235,8 +280,10 @@ class FrameParser:
         delayed: bool = False,
         quote_lot_size: int = 100,
         dedup_window: int = 512,
+        trading_events: TradingEventSink | None = None,
     ) -> None:
         self.source = source
+        self._trading_events = trading_events
         self.delayed = delayed
         self.quote_lot_size = quote_lot_size
         self._malformed = malformed
@@ -259,9 +306,19 @@ class FrameParser:
                 self.recent_ids.forget(canonical)
         self._wanted = dict(wire_to_canonical)
 
-    def parse(
-        self, msgs: Any, receive_time: datetime
-    ) -> tuple[list[PriceUpdate], list[dict[str, Any]], int]:
+    def _symbol(self, m: dict[str, Any]) -> str | None:
+        """The wanted canonical symbol of a data message; None (a malformed ``S`` counted)."""
+        symbol = self._wanted.get(m["S"])
+        if symbol is None:
+            self._unwanted(m)
+        return symbol
+
+    def _unwanted(self, m: dict[str, Any]) -> None:
+        """Data for a symbol not wanted: dropped; an ``S`` that is no string is malformed."""
+        if type(m["S"]) is not str:
+            raise WireError(f"bad S: {m['S']!r:.40}")
+
+    def parse(self, msgs: Any, receive_time: datetime) -> tuple[list[PriceUpdate], list[dict[str, Any]], int]:
         """One decoded frame → (ticks, control messages, count of data messages)."""
         if type(msgs) is not list:
             self._malformed("frame_not_array", repr(msgs)[:160])
@@ -280,6 +337,7 @@ class FrameParser:
                     data += 1
                     symbol = wanted.get(m["S"])
                     if symbol is None:
+                        self._unwanted(m)
                         continue
                     if self.recent_ids.seen(symbol, m["x"], m["i"]):
                         self.duplicates += 1
@@ -291,18 +349,29 @@ class FrameParser:
                     data += 1
                     symbol = wanted.get(m["S"])
                     if symbol is None:
+                        self._unwanted(m)
                         continue
                     quote = parse_quote(
-                        m, symbol, source, receive_time, last_price.get(symbol),
-                        self.quote_lot_size, delayed,
+                        m,
+                        symbol,
+                        source,
+                        receive_time,
+                        last_price.get(symbol),
+                        self.quote_lot_size,
+                        delayed,
                     )
                     if quote is not None:
                         ticks.append(quote)
                 elif kind in self._bar_parsers:
                     data += 1
-                    symbol = wanted.get(m["S"])
+                    symbol = self._symbol(m)
                     if symbol is not None:
                         ticks.append(self._bar_parsers[kind](m, symbol, source, receive_time, delayed))
+                elif kind in _TRADING_EVENTS:
+                    data += 1
+                    symbol = self._symbol(m)
+                    if symbol is not None and self._trading_events is not None:
+                        self._trading_events(*trading_event(m, symbol))
                 elif kind in self._ignored:
                     data += 1
                 elif type(kind) is str and kind in ("success", "error", "subscription"):

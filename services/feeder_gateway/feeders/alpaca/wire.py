@@ -25,14 +25,11 @@ TYPE_OF_CHANNEL: dict[Channel, str] = {
     "dailyBars": "d",
 }
 
-# Types that carry market data but produce no PriceUpdate here.
+# Types that carry market data but produce no PriceUpdate here. Corrections ``c``,
+# cancels ``x``, trading statuses ``s`` (halts) and LULD bands ``l`` become status events.
 IGNORED_DATA_TYPES = frozenset(
     {
         "u",  # updated minute bar after late trades (would move the price back in time)
-        "s",  # trading status: halts (sc/sm status code/message, rc/rm reason code/message)
-        "c",  # trade correction
-        "x",  # trade cancel / error
-        "l",  # LULD price bands
         "o",  # order book (crypto only)
         "n",  # news
     }
