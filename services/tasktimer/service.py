@@ -131,9 +131,10 @@ class TaskTimer(Service):
         ttl_s = self.settings.lock_ttl_s
         while True:
             try:
-                if await self.store.record_of(fid) is not None:
+                claim = await self.store.claim(fid, self.replica, ttl_s)
+                if claim == "done":
                     return None
-                if await self.store.claim(fid, self.replica, ttl_s):
+                if claim == "claimed":
                     break
             except Exception as e:  # Redis away: keep trying within the grace
                 log.warning("fire store unavailable", extra=kv(fire=fid, error=repr(e)))

@@ -12,9 +12,11 @@ import json
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import redis.asyncio as aioredis
+
+Claim = Literal["claimed", "held", "done"]
 
 _RECORD = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -23,8 +25,13 @@ if (not cur) or tonumber(cur) < tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
   redis.call('HSET', KEYS[3], ARGV[3], ARGV[1])
 end
-if redis.call('GET', KEYS[4]) == ARGV[5] then redis.call('DEL', KEYS[4]) end
 return 1
+"""
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'done' end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'claimed' end
+return 'held'
 """
 
 _ADVANCE = """
@@ -48,7 +55,11 @@ class FireStore(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def record_of(self, fire_id: str) -> dict[str, Any] | None: ...
-    async def claim(self, fire_id: str, replica: str, ttl_s: float) -> bool: ...
+    async def claim(self, fire_id: str, replica: str, ttl_s: float) -> Claim:
+        """Atomically: ``done`` if the fire is recorded, else ``claimed`` if this replica now
+        holds it, else ``held`` (another replica does)."""
+        ...
+
     async def renew(self, fire_id: str, replica: str, ttl_s: float) -> bool: ...
     async def record(self, job: str, fire_id: str, instant: datetime, replica: str, record: dict[str, Any]) -> None: ...
     async def advance_last(self, job: str, instant: datetime) -> None: ...
@@ -74,6 +85,7 @@ class RedisFireStore:
         self._p = prefix
         self._record_ttl_s = int(record_ttl_s)
         self._record = self._client.register_script(_RECORD)
+        self._claim = self._client.register_script(_CLAIM)
         self._advance = self._client.register_script(_ADVANCE)
         self._renew = self._client.register_script(_RENEW)
 
@@ -87,15 +99,17 @@ class RedisFireStore:
         raw = await self._client.get(f"{self._p}:fire:{fire_id}")
         return None if raw is None else dict(json.loads(raw))
 
-    async def claim(self, fire_id: str, replica: str, ttl_s: float) -> bool:
-        return bool(await self._client.set(f"{self._p}:lock:{fire_id}", replica, nx=True, px=int(ttl_s * 1000)))
+    async def claim(self, fire_id: str, replica: str, ttl_s: float) -> Claim:
+        keys = [f"{self._p}:fire:{fire_id}", f"{self._p}:lock:{fire_id}"]
+        result = await self._claim(keys=keys, args=[replica, int(ttl_s * 1000)])
+        return cast(Claim, result.decode() if isinstance(result, bytes) else result)
 
     async def renew(self, fire_id: str, replica: str, ttl_s: float) -> bool:
         return bool(await self._renew(keys=[f"{self._p}:lock:{fire_id}"], args=[replica, int(ttl_s * 1000)]))
 
     async def record(self, job: str, fire_id: str, instant: datetime, replica: str, record: dict[str, Any]) -> None:
-        keys = [f"{self._p}:fire:{fire_id}", f"{self._p}:last", f"{self._p}:outcome", f"{self._p}:lock:{fire_id}"]
-        await self._record(keys=keys, args=[json.dumps(record), self._record_ttl_s, job, _epoch(instant), replica])
+        keys = [f"{self._p}:fire:{fire_id}", f"{self._p}:last", f"{self._p}:outcome"]
+        await self._record(keys=keys, args=[json.dumps(record), self._record_ttl_s, job, _epoch(instant)])
 
     async def advance_last(self, job: str, instant: datetime) -> None:
         await self._advance(keys=[f"{self._p}:last"], args=[job, _epoch(instant)])
@@ -130,13 +144,15 @@ class MemoryFireStore:
     async def record_of(self, fire_id: str) -> dict[str, Any] | None:
         return self._records.get(fire_id)
 
-    async def claim(self, fire_id: str, replica: str, ttl_s: float) -> bool:
+    async def claim(self, fire_id: str, replica: str, ttl_s: float) -> Claim:
+        if fire_id in self._records:
+            return "done"
         now = time.monotonic()
         held = self._locks.get(fire_id)
         if held is not None and held[1] > now:
-            return False
+            return "held"
         self._locks[fire_id] = (replica, now + ttl_s)
-        return True
+        return "claimed"
 
     async def renew(self, fire_id: str, replica: str, ttl_s: float) -> bool:
         held = self._locks.get(fire_id)
