@@ -35,9 +35,7 @@ FAST = {
 class Harness:
     """A feeder, its statuses and metrics, and a task draining its generator."""
 
-    def __init__(
-        self, sim: EastMoneySimulator, market: Market = Market.CN, **settings: Any
-    ) -> None:
+    def __init__(self, sim: EastMoneySimulator, market: Market = Market.CN, **settings: Any) -> None:
         self.statuses: list[tuple[str, dict[str, Any]]] = []
         self.service_metrics = ServiceMetrics("test")
         self.metrics = FeederMetrics(self.service_metrics)
@@ -84,9 +82,7 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running(
-    sim: EastMoneySimulator, symbols: set[str], **settings: Any
-) -> AsyncIterator[Harness]:
+async def running(sim: EastMoneySimulator, symbols: set[str], **settings: Any) -> AsyncIterator[Harness]:
     h = Harness(sim, **settings)
     h.feeder.set_symbols(frozenset(symbols))
     h.start()
@@ -113,9 +109,7 @@ async def sim() -> AsyncIterator[EastMoneySimulator]:
         )
         s.set_quote("0.000001", f2=1034, f5=812345, f59=2, f124=T0)
         s.set_quote("0.430047", f2=1488, f5=12034, f19="-", f20="-", f59=2, f124=T0 - 3)
-        s.set_quote(
-            "116.00700", f2=382400, f5=9876543, f15=385000, f16=380200, f17=381000, f59=3, f124=T0
-        )
+        s.set_quote("116.00700", f2=382400, f5=9876543, f15=385000, f16=380200, f17=381000, f59=3, f124=T0)
         yield s
 
 
@@ -254,15 +248,11 @@ async def test_large_sets_split_and_only_changed_chunks_reopen(sim: EastMoneySim
 
 
 @pytest.mark.parametrize("reset", [False, True])
-async def test_reconnect_after_drop_resumes_same_secids(
-    sim: EastMoneySimulator, reset: bool
-) -> None:
+async def test_reconnect_after_drop_resumes_same_secids(sim: EastMoneySimulator, reset: bool) -> None:
     async with running(sim, {"600000.SH", "00700.HK"}) as h:
         await eventually(lambda: len(h.ticks) >= 2, 5, what="first ticks")
         sim.drop_streams(reset=reset)
-        await eventually(
-            lambda: len(sim.requested(SSE_PATH)) == 2 and sim.streams, 5, what="reopen"
-        )
+        await eventually(lambda: len(sim.requested(SSE_PATH)) == 2 and sim.streams, 5, what="reopen")
         first, second = sim.requested(SSE_PATH)
         assert set(first) == set(second) == {"1.600000", "116.00700"}
         await eventually(lambda: "gap" in h.states(), 5, what="gap status")
@@ -276,18 +266,14 @@ async def test_reconnect_after_drop_resumes_same_secids(
         assert h.sample("livedata_feeder_reconnects_total") == 1
         n = len(h.ticks)
         sim.update("1.600000", f2=1055)
-        await eventually(
-            lambda: len(h.ticks) > n and h.ticks[-1].price == 10.55, 5, what="tick after"
-        )
+        await eventually(lambda: len(h.ticks) > n and h.ticks[-1].price == 10.55, 5, what="tick after")
 
 
 async def test_silent_stream_is_detected_and_replaced(sim: EastMoneySimulator) -> None:
     async with running(sim, {"600000.SH"}, silence_timeout_s=0.4) as h:
         await eventually(lambda: h.ticks, 5, what="first tick")
         # heartbeats every 0.1 s keep a quiet stream open past the silence timeout
-        await eventually(
-            lambda: sim.streams and sim.streams[0].events_sent >= 8, 5, what="heartbeats"
-        )
+        await eventually(lambda: sim.streams and sim.streams[0].events_sent >= 8, 5, what="heartbeats")
         assert len(sim.requested(SSE_PATH)) == 1
         sim.silence_streams()
         await eventually(lambda: len(sim.requested(SSE_PATH)) == 2, 5, what="reopen after silence")
@@ -295,9 +281,7 @@ async def test_silent_stream_is_detected_and_replaced(sim: EastMoneySimulator) -
         assert "Timeout" in error
         n = len(h.ticks)
         sim.update("1.600000", f2=1057)
-        await eventually(
-            lambda: len(h.ticks) > n and h.ticks[-1].price == 10.57, 5, what="tick after"
-        )
+        await eventually(lambda: len(h.ticks) > n and h.ticks[-1].price == 10.57, 5, what="tick after")
 
 
 async def test_garbage_events_are_counted_and_skipped(sim: EastMoneySimulator) -> None:
@@ -417,9 +401,7 @@ async def test_rate_limit_ban_in_poll_mode(sim: EastMoneySimulator) -> None:
 @pytest.mark.parametrize("as_list", [True, False])
 async def test_poll_both_diff_shapes(sim: EastMoneySimulator, as_list: bool) -> None:
     syms = {"600000.SH", "430047.BJ", "00700.HK"}
-    async with running(
-        sim, syms, mode="poll", poll_interval_s=0.05, poll_diff_as_list=as_list
-    ) as h:
+    async with running(sim, syms, mode="poll", poll_interval_s=0.05, poll_diff_as_list=as_list) as h:
         await eventually(lambda: {t.symbol for t in h.ticks} == syms, 5, what="first poll")
         req = sim.requests[-1]
         assert req.path == SNAPSHOT_PATH and req.params.get("fltt") == "2"
@@ -437,16 +419,12 @@ async def test_poll_both_diff_shapes(sim: EastMoneySimulator, as_list: bool) -> 
         assert h.ticks[-1].symbol == "00700.HK" and h.ticks[-1].price == 383.0
         # a subscription change reaches the next poll
         h.feeder.set_symbols(frozenset({"000001.SZ"}))
-        await eventually(
-            lambda: sim.requested(SNAPSHOT_PATH)[-1] == ("0.000001",), 5, what="new set"
-        )
+        await eventually(lambda: sim.requested(SNAPSHOT_PATH)[-1] == ("0.000001",), 5, what="new set")
         await eventually(lambda: h.of("000001.SZ"), 5, what="tick of new symbol")
 
 
 async def test_poll_integer_form_scales_by_f59(sim: EastMoneySimulator) -> None:
-    async with running(
-        sim, {"00700.HK", "600000.SH"}, mode="poll", fltt=0, poll_interval_s=0.05
-    ) as h:
+    async with running(sim, {"00700.HK", "600000.SH"}, mode="poll", fltt=0, poll_interval_s=0.05) as h:
         await eventually(lambda: len(h.ticks) >= 2, 5, what="first poll")
         assert "fltt" not in sim.requests[-1].params
         got = {t.symbol: t for t in h.ticks}
@@ -455,9 +433,7 @@ async def test_poll_integer_form_scales_by_f59(sim: EastMoneySimulator) -> None:
 
 async def test_slow_server_times_out_then_recovers(sim: EastMoneySimulator) -> None:
     sim.delay_s = 0.5
-    async with running(
-        sim, {"600000.SH"}, mode="poll", poll_interval_s=0.05, request_timeout_s=0.15
-    ) as h:
+    async with running(sim, {"600000.SH"}, mode="poll", poll_interval_s=0.05, request_timeout_s=0.15) as h:
         await eventually(lambda: "disconnected" in h.states(), 5, what="timeout")
         assert not h.ticks and "Timeout" in h.statuses[0][1]["error"]
         sim.delay_s = 0.0
@@ -484,10 +460,20 @@ async def test_simulator_refuses_missing_referer(sim: EastMoneySimulator) -> Non
         headers = {"Referer": "https://quote.eastmoney.com/"}
         async with session.get(url + "&np=1", headers=headers) as resp:
             body = await resp.json()
-            assert body["rc"] == 0 and body["data"]["diff"] == [
-                {"f2": 1052, "f12": "600000", "f13": 1}
-            ]
+            assert body["rc"] == 0 and body["data"]["diff"] == [{"f2": 1052, "f12": "600000", "f13": 1}]
         async with session.get(
             f"{sim.url}/api/qt/stock/get?secid=116.00700&fields=f43,f57,f59&fltt=2", headers=headers
         ) as resp:
             assert (await resp.json())["data"] == {"f43": 382.4, "f57": "00700", "f59": 3}
+
+
+@pytest.mark.parametrize("decimals_key", ["f59", "f152", "f1"])
+@pytest.mark.parametrize("mode", ["sse", "poll"])
+async def test_decimal_places_under_whichever_key_the_server_returns(
+    sim: EastMoneySimulator, decimals_key: str, mode: str
+) -> None:
+    sim.decimals_key = decimals_key
+    async with running(sim, {"00700.HK", "600000.SH"}, mode=mode, fltt=0, poll_interval_s=0.05) as h:
+        await eventually(lambda: len({t.symbol for t in h.ticks}) == 2, 5, what="both quotes")
+        got = {t.symbol: t for t in h.ticks}
+        assert got["00700.HK"].price == 382.4 and got["600000.SH"].price == 10.52

@@ -135,6 +135,9 @@ class EastMoneySimulator:
         self.ban_duration_s = ban_duration_s
         self.ban_style: BanStyle = ban_style
         self.require_referer = require_referer
+        self.decimals_key = "f59"
+        """Which key carries the decimal places: f59, f152 or f1 (EastMoney's own pages ask
+        for f1/f152); the other two are never sent."""
         self.tick_interval_s = tick_interval_s
         self.host = host
         self.port = port
@@ -259,7 +262,7 @@ class EastMoneySimulator:
                 keys = changed.get(secid)
                 if keys is None:
                     continue
-                out = self._render(keys, stream.fields, stream.decimal, self.quotes[secid])
+                out = self._render(keys, stream.fields, stream.decimal, self.quotes[secid], self.decimals_key)
                 if out:
                     diff[str(pos)] = out
             if diff:
@@ -309,12 +312,17 @@ class EastMoneySimulator:
 
     @staticmethod
     def _render(
-        q: dict[str, Any], fields: tuple[str, ...], decimal: bool, full: dict[str, Any]
+        q: dict[str, Any], fields: tuple[str, ...], decimal: bool, full: dict[str, Any], decimals_key: str
     ) -> dict[str, Any]:
-        """The requested keys of ``q`` as the wire carries them (``full`` gives f59)."""
+        """The requested keys of ``q`` as the wire carries them (``full`` gives f59); the
+        decimal places go under ``decimals_key`` only."""
         out: dict[str, Any] = {}
         d = full.get("f59", 2)
         for k in fields:
+            if k in ("f59", "f152", "f1"):
+                if k == decimals_key and "f59" in q:
+                    out[k] = q["f59"]
+                continue
             if k not in q:
                 continue
             v = q[k]
@@ -332,7 +340,7 @@ class EastMoneySimulator:
         q = self.security(secid)
         if q is None:
             return None
-        out = self._render(q, fields, decimal, q)
+        out = self._render(q, fields, decimal, q, self.decimals_key)
         for k in fields:
             out.setdefault(k, "-")
         return out

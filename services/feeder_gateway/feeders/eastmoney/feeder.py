@@ -61,8 +61,9 @@ class EastMoneySettings(Strict):
     """``sse``: long-lived ``/api/qt/ulist/sse`` streams; ``poll``: ``/api/qt/ulist.np/get``
     snapshots every ``poll_interval_s``."""
     fields: tuple[str, ...] = wire.DEFAULT_FIELDS
-    """Field codes to ask for (``f2``...); f2, f12, f13, f59 and f124 are always added.
-    Add ``f19``/``f20``/``f39``/``f40`` for best bid/ask price and volume."""
+    """Field codes to ask for (``f2``...); f2, f12, f13, f124 and the decimal places (f59,
+    f152, f1: servers differ, the first one returned is used) are always added. Add
+    ``f19``/``f20``/``f39``/``f40`` for best bid/ask price and volume."""
     fltt: Literal[0, 2] | None = None
     """2: ask for decimal values (``fltt=2``); 0: integer values scaled by ``10**f59``
     (the parameter is left out); unset: SSE uses integers, polling uses ``fltt=2``."""

@@ -98,8 +98,13 @@ def symbol_of(quote: wire.Quote, requested: dict[str, str]) -> str:
 
 
 def decimals_of(quote: wire.Quote) -> int:
-    """``f59``: the decimal places of the integer-scaled prices."""
-    d = quote.get(wire.DECIMALS)
+    """The decimal places of the integer-scaled prices: ``f59``, else ``f152``, else ``f1``
+    (servers differ in which they return)."""
+    d = None
+    for key in wire.DECIMALS_KEYS:
+        d = quote.get(key)
+        if d is not None and d != wire.MISSING:
+            break
     if type(d) is not int or not 0 <= d < len(_DIVISORS):
         raise QuoteError("bad_f59", repr(d))
     return d

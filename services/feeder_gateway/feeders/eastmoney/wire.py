@@ -40,13 +40,15 @@ BID1_VOLUME = "f20"  # best bid volume, same unit as f5
 ASK1 = "f39"  # best ask price (scaled)
 ASK1_VOLUME = "f40"  # best ask volume, same unit as f5
 DECIMALS = "f59"  # decimal places of the scaled prices: 2 A-shares, 3 HK (and US)
+# The same, under the keys EastMoney's own pages ask for; whichever comes is used.
+DECIMALS_KEYS = (DECIMALS, "f152", "f1")
 QUOTE_TIME = "f124"  # quote time, unix seconds
 
 PRICE_FIELDS = frozenset({LAST, CHANGE, HIGH, LOW, OPEN, PREV_CLOSE, BID1, ASK1})
 PERCENT_FIELDS = frozenset({CHANGE_PCT})
 
 # Always requested whatever the settings say: the parser needs them.
-REQUIRED_FIELDS = (LAST, CODE, MARKET, DECIMALS, QUOTE_TIME)
+REQUIRED_FIELDS = (LAST, CODE, MARKET, *DECIMALS_KEYS, QUOTE_TIME)
 DEFAULT_FIELDS = (
     LAST,
     VOLUME,
