@@ -79,16 +79,78 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from services.tasktimer.cron import next_fire
+    """``livedata jobs`` without a subcommand lists the jobs."""
+    return cmd_jobs_list(args)
+
+
+async def _last_outcomes(config: AppConfig) -> tuple[dict[str, dict[str, Any]], str]:
+    """Each job's latest fire record from Redis, and a note on where they came from."""
+    from services.tasktimer.store import RedisFireStore
+
+    url = config.livedata.redis.url
+    if url is None:
+        return {}, "no redis.url: last outcomes are known only to the running tasktimer"
+    s = config.livedata.tasktimer
+    store = RedisFireStore(url.get_secret_value(), s.redis_prefix, s.record_ttl_s)
+    try:
+        return await store.outcomes(), "last outcomes from Redis"
+    except Exception as e:
+        return {}, f"Redis unreachable ({type(e).__name__}): no last outcomes"
+    finally:
+        await store.stop()
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    from services.tasktimer.cron import horizon_note, next_fires
     from shared.dto import utcnow
 
     config = _config(args)
     now = utcnow()
-    print(f"{'job':<24}{'enabled':<9}{'cron':<18}{'timezone':<20}{'next fire':<27}command")
+    outcomes, note = run_async_value(_last_outcomes(config))
+    print(f"{'job':<24}{'cron':<22}{'timezone':<18}{'cal':<5}{'next fires (local)':<55}last outcome")
+    unconfirmed = False
     for job in config.task_timer.jobs:
-        nxt = next_fire(job, now).isoformat() if job.enabled else "-"
-        print(f"{job.name:<24}{job.enabled!s:<9}{job.cron:<18}{job.timezone:<20}{nxt:<27}{job.command} {job.params}")
+        if job.enabled:
+            fires = next_fires(job, now, 3)
+            marks = []
+            for f in fires:
+                flagged = horizon_note(job, f) is not None
+                unconfirmed |= flagged
+                marks.append(f.strftime("%m-%d %H:%M") + ("*" if flagged else ""))
+            nxt = ", ".join(marks)
+        else:
+            nxt = "(disabled)"
+        last = outcomes.get(job.name)
+        last_s = f"{last['outcome']} {last['instant']} by {last['replica']} late {last['lateness_s']}s" if last else "-"
+        cal = job.calendar.value if job.calendar else "-"
+        print(f"{job.name:<24}{job.cron:<22}{job.timezone:<18}{cal:<5}{nxt:<55}{last_s}")
+    if unconfirmed:
+        print("* calendar year not confirmed: fires by the weekday rule and alerts (see livedata jobs check)")
+    print(f"({note})")
     return 0
+
+
+def cmd_jobs_check(args: argparse.Namespace) -> int:
+    from services.tasktimer.jobs import check_file
+    from shared.calendars import check_overrides
+
+    result = check_file(Path(args.file))
+    problems = [*result.problems, *check_overrides()]
+    for line in problems:
+        print(f"error: {line}")
+    for line in result.warnings:
+        print(f"warning: {line}")
+    if problems:
+        print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    n = len(result.jobs.jobs) if result.jobs else 0
+    print(f"{args.file}: OK, {n} jobs" + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
+    return 0
+
+
+def run_async_value(coro: Any) -> Any:
+    """Run a coroutine to completion and return its value (CLI helpers)."""
+    return asyncio.run(coro)
 
 
 async def _publish_and_wait(config: AppConfig, command: Any, topic: str, key: str, wait_s: float) -> int:
@@ -129,6 +191,7 @@ async def _publish_and_wait(config: AppConfig, command: Any, topic: str, key: st
 
 
 def cmd_fire(args: argparse.Namespace) -> int:
+    """Publish a job's command now with a fresh correlation id and print its result."""
     from services.tasktimer.cron import fire_id
     from shared.dto import ControlCommand, utcnow
     from shared.topics import Topics
@@ -147,6 +210,7 @@ def cmd_fire(args: argparse.Namespace) -> int:
         correlation_id=f"manual:{fire_id(job, now)}:{uuid.uuid4().hex[:8]}",
         target=job.target,
         timestamp=now,
+        scheduled_for=now,
     )
     topic = Topics(config.livedata.topics.prefix).named(job.topic)
     return run_async(_publish_and_wait(config, cmd, topic, job.target, args.wait))
@@ -213,11 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("validate", help="validate a config directory, feeder settings included")).set_defaults(
         func=cmd_validate
     )
-    with_config(sub.add_parser("jobs", help="list task_timer.yml jobs with their next fire times")).set_defaults(
-        func=cmd_jobs
-    )
+    j = with_config(sub.add_parser("jobs", help="task_timer.yml jobs: list (default), fire NAME, check FILE"))
+    j.set_defaults(func=cmd_jobs)
+    jsub = j.add_subparsers(dest="jobs_cmd")
 
-    f = with_config(sub.add_parser("fire", help="publish a job's command now and wait for its result"))
+    def sub_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config-dir", type=Path, default=argparse.SUPPRESS, help="config directory")
+        return sp
+
+    sub_config(
+        jsub.add_parser("list", help="name, cron, timezone, calendar, next 3 fires, last outcome (Redis)")
+    ).set_defaults(func=cmd_jobs_list)
+    jf = sub_config(
+        jsub.add_parser("fire", help="publish a job's command now (fresh correlation id), print the result")
+    )
+    jf.add_argument("job")
+    jf.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the command_result (0: don't)")
+    jf.set_defaults(func=cmd_fire)
+    jc = jsub.add_parser("check", help="validate a task_timer.yml: every mistake (file, job, field); exit 1 if any")
+    jc.add_argument("file")
+    jc.set_defaults(func=cmd_jobs_check)
+
+    f = with_config(sub.add_parser("fire", help="same as: jobs fire NAME"))
     f.add_argument("job")
     f.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the command_result (0: don't)")
     f.set_defaults(func=cmd_fire)
