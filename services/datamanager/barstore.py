@@ -123,9 +123,11 @@ class ClickHouseBars:
 
     async def _discard(self, error: BaseException) -> None:
         self.failures += 1
-        self.healthy = False
+        was_healthy, self.healthy = self.healthy, False
         conn, self._conn = self._conn, None
-        log.warning("clickhouse operation failed; connection dropped", extra=kv(error=repr(error)[:300]))
+        # one warning when it goes away, then one per 50 failures (retries run every flush)
+        level = logging.WARNING if was_healthy or self.failures % 50 == 1 else logging.DEBUG
+        log.log(level, "clickhouse operation failed; connection dropped", extra=kv(error=repr(error)[:300]))
         if conn is not None:
             try:
                 await asyncio.wait_for(conn.close(), 1.0)
@@ -144,6 +146,8 @@ class ClickHouseBars:
             except Exception as e:
                 await self._discard(e)
                 raise
+            if not self.healthy:
+                log.info("clickhouse answers", extra=kv(pending=len(self.pending), failures=self.failures))
             self.healthy = True
             return rows
 

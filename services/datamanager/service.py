@@ -187,8 +187,8 @@ class DataManager(Service):
         )
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        if self.role != "active":
-            return self.broker_ok and self.role == "standby", {
+        if self.role != "active":  # a standby answers 503: it serves nothing until it takes over
+            return False, {
                 "role": self.role,
                 "instance": self.instance_id,
                 "broker": self.broker_ok,
@@ -234,7 +234,7 @@ class DataManager(Service):
                 self.events.close()
                 await events_task
         finally:
-            if self.active.is_set():
+            if self.takeovers:  # held the lease at some point: release it if still ours
                 with contextlib.suppress(Exception):
                     await self.state.release_active(self.instance_id)
             with contextlib.suppress(Exception):
@@ -395,7 +395,8 @@ class DataManager(Service):
                         continue
                 elif changed:
                     await self._publish_subscriptions(changed)
-                if added and self.interest_loaded.is_set():
+                # resumed at stored offsets, what is read while loading is new too
+                if added and (self.interest_loaded.is_set() or loaded.offsets):
                     await self._send_snapshots(added)
                 if offsets or self.registry.dirty:
                     await self._save_interest(offsets, stop)
