@@ -130,6 +130,7 @@ class TaskTimer(Service):
         deadline = instant + self.grace
         ttl_s = self.settings.lock_ttl_s
         while True:
+            store_error: Exception | None = None
             try:
                 claim = await self.store.claim(fid, self.replica, ttl_s)
                 if claim == "done":
@@ -137,10 +138,13 @@ class TaskTimer(Service):
                 if claim == "claimed":
                     break
             except Exception as e:  # Redis away: keep trying within the grace
+                store_error = e
                 log.warning("fire store unavailable", extra=kv(fire=fid, error=repr(e)))
             if self.clock.now() > deadline:
+                if store_error is None:
+                    return None  # another replica held the fire all along: it is that one's
                 self._failures.labels(job.name).inc()
-                self.events.alert("timer_fire_failed", f"job {job.name}: could not claim the fire in time", fire=fid)
+                self.events.alert("timer_fire_failed", f"job {job.name}: fire store unavailable", fire=fid)
                 return FAILED
             # another replica holds the fire: check back until it is recorded or its claim lapses
             await self._pause_real(ttl_s / 2)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 import yaml
@@ -53,7 +54,7 @@ async def test_job_fires_once_on_its_instant(
         ]
     }
     instant = next_minute()
-    clock = ScaledClock(instant - timedelta(seconds=1.0), speed=1.0)
+    clock = ScaledClock(instant - timedelta(seconds=2.0), speed=1.0)
     timer = TaskTimer(make_config(topics, task_timer=jobs), clock=clock)
     async with (
         TopicReader(kafka_bootstrap, topics.control_commands) as commands,
@@ -89,7 +90,7 @@ async def test_fire_is_idempotent_per_instant_and_across_replicas(
     a, b = TaskTimer(config), TaskTimer(config)
     a.replica, b.replica = "a", "b"
     job = a.jobs["every_minute"]
-    instant = utcnow().replace(second=0, microsecond=0)
+    instant = utcnow().replace(microsecond=0)
     async with TopicReader(kafka_bootstrap, topics.control_commands) as commands:
         for t in (a, b):
             await t.publisher.start()
@@ -110,7 +111,7 @@ async def test_fire_is_idempotent_per_instant_and_across_replicas(
 
 async def _first_fire(config: AppConfig, kafka_bootstrap: str, topics: Topics, instant: datetime) -> None:
     """Run a timer until it has fired ``instant`` (so Redis knows the job's last fire)."""
-    timer = TaskTimer(config, clock=ScaledClock(instant - timedelta(seconds=0.3), speed=1.0))
+    timer = TaskTimer(config, clock=ScaledClock(instant - timedelta(seconds=2.0), speed=1.0))
     async with TopicReader(kafka_bootstrap, topics.control_commands) as commands, running(timer):
         await commands.wait_for(ControlCommand, lambda c: c.scheduled_for == instant, what="the first fire")
 
@@ -231,3 +232,24 @@ async def test_broker_outage_at_fire_time_delivers_once_when_back_within_grace(
         assert record["outcome"] == "published" and 3 < record["lateness_s"] < 60
     finally:
         await asyncio.to_thread(broker.close)
+
+
+async def test_unconfirmed_calendar_year_fires_by_the_weekday_rule_and_alerts(
+    kafka_bootstrap: str, topics: Topics, make_config: Callable[..., AppConfig]
+) -> None:
+    """2030-02-04 is in the CN library's estimated Spring Festival week; 2030 is not confirmed."""
+    job = {"name": "cn_close", "cron": "5 15 * * 1-5", "command": "c", "calendar": "CN"}
+    instant = datetime(2030, 2, 4, 15, 5, tzinfo=ZoneInfo("Asia/Shanghai"))
+    timer = TaskTimer(
+        make_config(topics, task_timer={"jobs": [job]}),
+        clock=ScaledClock(instant - timedelta(seconds=2.0), speed=1.0),
+    )
+    async with (
+        TopicReader(kafka_bootstrap, topics.control_commands) as commands,
+        TopicReader(kafka_bootstrap, topics.system_events) as events,
+        running(timer),
+    ):
+        cmd = await commands.wait_for(ControlCommand, what="the weekday-rule fire")
+        alert = await events.wait_for(Alert, lambda a: a.code == "calendar_unconfirmed", what="the horizon alert")
+    assert cmd.scheduled_for == instant
+    assert "CN calendar for 2030 is not confirmed" in alert.message and alert.detail["job"] == "cn_close"
