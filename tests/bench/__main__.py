@@ -47,6 +47,7 @@ BENCHMARKS = (
     "parsers",
     "memory",
     "timer",
+    "storage",
 )
 ROOT = Path(__file__).resolve().parents[2]
 
