@@ -78,6 +78,25 @@ class PriceUpdate(_Message, tag="price_update", frozen=True, gc=False):
     snapshot: bool = False  # a replay of the latest known price (on subscribe), not a new trade
 
 
+class TradeCorrection(_Message, tag="trade_correction", frozen=True):
+    """A trade published earlier was corrected or cancelled by the exchange (Alpaca ``c``
+    corrections, ``x`` cancel errors): whoever counted it (the bar of ``timestamp``) takes
+    the original out and, unless ``cancelled``, the corrected price and size in."""
+
+    symbol: Symbol
+    original_id: int  # provider trade id of the corrected trade (unique per exchange only)
+    original_price: float
+    original_size: float  # shares
+    timestamp: AwareDatetime  # provider time of the correction message (Alpaca: the trade's)
+    source: str
+    v: SchemaVersion = SCHEMA_VERSION
+    cancelled: bool = False  # True: the trade is void; no corrected price/size
+    corrected_price: float | None = None
+    corrected_size: float | None = None  # shares
+    exchange: str | None = None  # with original_id, identifies the trade
+    receive_time: AwareDatetime | None = None
+
+
 BarPeriod = Literal["1m", "1d"]
 
 
@@ -191,7 +210,16 @@ class DeadLetter(_Message, tag="dead_letter", frozen=True):
 
 
 Message = (
-    PriceUpdate | Bar | InterestUpdate | ControlCommand | Subscription | Status | Alert | CommandResult | DeadLetter
+    PriceUpdate
+    | TradeCorrection
+    | Bar
+    | InterestUpdate
+    | ControlCommand
+    | Subscription
+    | Status
+    | Alert
+    | CommandResult
+    | DeadLetter
 )
 SystemEvent = Status | Alert | CommandResult
 

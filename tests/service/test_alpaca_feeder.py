@@ -14,10 +14,11 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from services.feeder_gateway.feeders.alpaca.feeder import AlpacaFeeder, AlpacaSettings
+from services.feeder_gateway.feeders.alpaca.feeder import AlpacaFeeder
 from services.feeder_gateway.feeders.alpaca.parse import parse_timestamp
+from services.feeder_gateway.feeders.alpaca.settings import AlpacaSettings
 from services.feeder_gateway.feeders.base import FeederConfigError, FeederContext, FeederMetrics
-from shared.dto import PriceUpdate
+from shared.dto import PriceUpdate, TradeCorrection
 from shared.metrics import ServiceMetrics
 from shared.symbols import Market
 from tests.helpers import eventually
@@ -26,7 +27,6 @@ from tests.simulators.alpaca import AlpacaSimulator
 FAST = {
     "key": "test-key",
     "secret": "test-secret",
-    "watchdog_in_session_only": False,
     "backoff_base_s": 0.05,
     "backoff_cap_s": 0.2,
     "connect_timeout_s": 2.0,
@@ -40,6 +40,7 @@ class Run:
     feeder: AlpacaFeeder
     metrics: ServiceMetrics
     statuses: list[tuple[str, dict[str, Any]]]
+    corrections: list[TradeCorrection]
     ticks: list[PriceUpdate] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
@@ -60,14 +61,16 @@ class Run:
 def make_feeder(sim: AlpacaSimulator, **settings: Any) -> tuple[AlpacaFeeder, Run]:
     metrics = ServiceMetrics("test")
     statuses: list[tuple[str, dict[str, Any]]] = []
+    corrections: list[TradeCorrection] = []
     ctx = FeederContext(
         name="alpaca",
         market=Market.US,
         emit_status=lambda state, detail: statuses.append((state, detail)),
         metrics=FeederMetrics(metrics),
+        emit_correction=corrections.append,
     )
     feeder = AlpacaFeeder(AlpacaSettings.model_validate({"url": sim.url, **FAST, **settings}), ctx)
-    return feeder, Run(feeder, metrics, statuses)
+    return feeder, Run(feeder, metrics, statuses, corrections)
 
 
 @contextlib.asynccontextmanager
@@ -172,21 +175,6 @@ async def test_reconnect_after_drop_resubscribes_and_reports_the_gap() -> None:
         assert resub == [{"action": "subscribe", "trades": ["AAPL", "MSFT"], "quotes": ["AAPL", "MSFT"]}]
 
 
-async def test_silent_open_connection_is_replaced_by_the_watchdog() -> None:
-    settings = {"stale_trades_quotes_s": 0.6, "self_heal_fraction": 0.5}
-    async with AlpacaSimulator() as sim, running(sim, {"AAPL"}, **settings) as run:
-        assert run.feeder.stale_after_s == 0.6
-        await eventually(lambda: run.of("AAPL"), what="ticks")
-        first = sim.live()
-        sim.go_silent()
-        await eventually(lambda: sim.live() not in (None, first), what="a new session")
-        n = len(run.ticks)
-        await eventually(lambda: len(run.ticks) > n, what="ticks after replacement")
-        assert "no data" in run.detail("disconnected")["error"]
-        assert run.counter("reconnects") == 1
-        assert first not in sim.sessions  # the silent one was closed by the feeder
-
-
 async def test_garbage_frames_are_counted_and_skipped() -> None:
     async with AlpacaSimulator() as sim, running(sim, {"AAPL"}) as run:
         await eventually(lambda: run.of("AAPL"), what="ticks")
@@ -270,8 +258,9 @@ async def test_connection_limit_406_waits_past_the_reap_window() -> None:
         await eventually(lambda: len(sim.authenticated_at) == 2, timeout_s=5, what="back in")
         assert sim.authenticated_at[1] - refused_at >= 1.0
         assert sim.error_codes().count(406) == 1  # no storm of retries inside the window
-        assert "connection limit" in [d for s, d in run.statuses if s == "disconnected"][1]["error"]
-        assert run.detail("disconnected")["retry_in_s"] >= 1.0
+        held = run.detail("session_held")
+        assert "connection limit" in held["error"] and held["class"] == "session_held"
+        assert held["retry_in_s"] >= 1.0
         n = len(run.ticks)
         await eventually(lambda: len(run.ticks) > n, what="ticks again")
 
@@ -290,8 +279,9 @@ async def test_symbol_limit_405_keeps_the_allowed_symbols_flowing() -> None:
         assert "subscription_mismatch" not in run.states()
         # a new symbol does not fit the limit the server showed: not requested, reported
         n_requests = len(sim.requests("subscribe"))
+        reported = run.states().count("symbol_limit")
         run.feeder.set_symbols(frozenset(symbols | {"FFF"}))
-        await eventually(lambda: run.statuses[-1][0] == "symbol_limit", what="new excess reported")
+        await eventually(lambda: run.states().count("symbol_limit") > reported, what="new excess reported")
         assert run.detail("symbol_limit")["excess"] == ["CCC", "DDD", "FFF"]
         assert len(sim.requests("subscribe")) == n_requests
         # after a reconnect the refused symbols are not retried
@@ -443,7 +433,7 @@ async def consume_into(run: Run) -> asyncio.Task[None]:
     return asyncio.create_task(consume(), name="test.alpaca.consume")
 
 
-async def test_corrections_cancels_halts_and_luld_become_status_events() -> None:
+async def test_corrections_and_cancels_become_trade_corrections_halts_and_luld_status_events() -> None:
     t = "2024-03-04T14:30:00.123456789Z"
     async with AlpacaSimulator() as sim, running(sim, {"AAPL"}) as run:
         await eventually(lambda: run.of("AAPL"), what="ticks")
@@ -470,11 +460,24 @@ async def test_corrections_cancels_halts_and_luld_become_status_events() -> None
                 {"T": "t", "S": 123, "i": 1, "x": "V", "p": 1.0, "s": 1, "c": [], "t": t, "z": "C"},
             ]
         )
-        await eventually(lambda: "luld" in run.states(), what="trading events")
-        fix = run.detail("trade_correction")
-        assert fix["original"] == {"id": 7, "price": 170.1, "size": 100}
-        assert fix["corrected"] == {"id": 8, "price": 170.2, "size": 90} and fix["symbol"] == "AAPL"
-        assert run.detail("trade_cancel")["id"] == 9 and run.detail("trade_cancel")["action"] == "C"
+        await eventually(lambda: "luld" in run.states() and len(run.corrections) == 2, what="trading events")
+        fix, cancel = run.corrections
+        at = parse_timestamp(t)
+        assert fix == TradeCorrection(
+            symbol="AAPL",
+            original_id=7,
+            original_price=170.1,
+            original_size=100.0,
+            corrected_price=170.2,
+            corrected_size=90.0,
+            exchange="V",
+            timestamp=at,
+            source="alpaca",
+            receive_time=fix.receive_time,
+        )
+        assert (cancel.original_id, cancel.original_price, cancel.original_size) == (9, 170.3, 50.0)
+        assert cancel.cancelled and cancel.corrected_price is None and cancel.exchange == "V"
+        assert "trade_correction" not in run.states() and "trade_cancel" not in run.states()
         assert run.detail("trading_status")["status_code"] == "H"
         assert (run.detail("luld")["limit_up"], run.detail("luld")["limit_down"]) == (180.5, 160.25)
         # a numeric S is malformed, counted, never silently dropped

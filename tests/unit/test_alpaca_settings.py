@@ -5,12 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.feeder_gateway.feeders.alpaca.feeder import (
-    AlpacaFeeder,
-    AlpacaSettings,
-    SymbolBudget,
-    to_wire,
-)
+from services.feeder_gateway.feeders.alpaca.feeder import AlpacaFeeder
+from services.feeder_gateway.feeders.alpaca.settings import AlpacaSettings
+from services.feeder_gateway.feeders.alpaca.subscription import SymbolBudget, to_wire
 from services.feeder_gateway.feeders.base import FeederContext, FeederMetrics
 from services.feeder_gateway.feeders.registry import FEEDER_TYPES
 from shared.metrics import ServiceMetrics
@@ -54,7 +51,6 @@ def test_stale_threshold_follows_the_liveliest_channel(channels: list[str], stal
 
 def test_gateway_watchdog_follows_sessions() -> None:
     assert feeder().follows_sessions is True
-    assert AlpacaSettings().watchdog_in_session_only is True
 
 
 def test_to_wire() -> None:

@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
+import msgspec
 from pydantic import ValidationError
 
 from services.feeder_gateway.feeders.wanted import WantedSymbols, WantedView
 from shared.config import ConfigError, Strict, format_validation_error
-from shared.dto import PriceUpdate
+from shared.dto import PriceUpdate, TradeCorrection
 from shared.metrics import ServiceMetrics
 from shared.symbols import Market
 
@@ -33,6 +34,7 @@ class ProviderError(Exception):
 
 StatusCallback = Callable[[str, dict[str, Any]], None]
 AlertCallback = Callable[[str, str, dict[str, Any]], None]  # (code, message, detail)
+CorrectionCallback = Callable[[TradeCorrection], None]
 
 
 class FeederMetrics:
@@ -63,6 +65,8 @@ class FeederContext:
     metrics: FeederMetrics
     wanted: WantedView | None = None
     emit_alert: AlertCallback | None = None
+    emit_correction: CorrectionCallback | None = None
+    """Where corrections of published trades go (the gateway publishes them on market data)."""
     log: logging.Logger = field(init=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,14 @@ class FeederContext:
             self.log.error("alert %s: %s", code, message)
         else:
             self.emit_alert(code, message, detail)
+
+    def correction(self, fix: TradeCorrection) -> None:
+        """Hand on a correction or cancel of a published trade (a status event when the
+        feeder runs outside a gateway)."""
+        if self.emit_correction is None:
+            self.emit_status("trade_correction", msgspec.structs.asdict(fix))
+        else:
+            self.emit_correction(fix)
 
     def malformed(self, reason: str, snippet: bytes | str) -> None:
         """Count and log a bad frame or field; the feeder then skips it."""

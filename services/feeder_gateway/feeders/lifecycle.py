@@ -95,6 +95,9 @@ class RetryPolicy:
     """...plus uniform(0, ban_hold_s * 2**(holds in a row - 1)), capped by this."""
     session_hold_s: float = 0.0
     session_jitter_s: float = 0.0
+    first_retry_s: float | None = None
+    """TRANSIENT: the first retry after a healthy run waits only uniform(0, this) (None:
+    the ordinary backoff); later ones back off from ``backoff_base_s``."""
 
 
 class Connection(Protocol):
@@ -132,7 +135,7 @@ class SourceLink:
     backoff: Backoff
     holds: Backoff  # ban and configuration holds: their jitter grows per hold in a row
     state: LinkState = LinkState.IDLE
-    worked: bool = False  # some connection was up once
+    worked: bool = False  # some connection delivered (a batch, a poll answered) once
     started: bool = False  # the next connection is a resubscribe
     last_tick: datetime | None = None  # provider time of the newest tick yielded
     down_since: datetime | None = None
@@ -147,7 +150,7 @@ class ReconnectingFeeder(Feeder[SettingsT]):
         super().__init__(settings, ctx)
         p = self.retry_policy()
         self.link = SourceLink(
-            Backoff(p.backoff_base_s, p.backoff_cap_s, p.healthy_after_s),
+            Backoff(p.backoff_base_s, p.backoff_cap_s, p.healthy_after_s, first_s=p.first_retry_s),
             Backoff(p.ban_hold_s or 1.0, p.ban_jitter_cap_s, p.healthy_after_s),
         )
         self._follow_error: Exception | None = None
@@ -160,6 +163,10 @@ class ReconnectingFeeder(Feeder[SettingsT]):
     @abc.abstractmethod
     async def open_connection(self) -> Connection:
         """Connect and authenticate; raise on failure (``classify`` judges it)."""
+
+    def on_hold(self, failure: Failure, delay_s: float) -> None:
+        """Called with every failure's hold before the next attempt (e.g. to hold a
+        request pacer shared with other sources of the same host)."""
 
     def classify(self, exc: Exception) -> Failure | None:
         """What a failure means; None: not a provider failure (a bug: it propagates)."""
@@ -201,6 +208,7 @@ class ReconnectingFeeder(Feeder[SettingsT]):
                     async for batch in conn.batches():
                         if link.state is not LinkState.UP:
                             self._up(conn)
+                        link.worked = True
                         if batch:
                             tick_count.inc(len(batch))
                             newest = max(t.timestamp for t in batch)
@@ -266,7 +274,7 @@ class ReconnectingFeeder(Feeder[SettingsT]):
             )
         else:
             ctx.emit_status("subscribed", {"symbols": symbols})
-        link.started = link.worked = True
+        link.started = True
 
     def _down(self) -> None:
         if self.link.state is LinkState.UP:
@@ -295,6 +303,7 @@ class ReconnectingFeeder(Feeder[SettingsT]):
         else:
             delay = link.backoff.next_delay()
         link.hold_until = now + delay
+        self.on_hold(failure, delay)
         state = FAILURE_STATUS[kind]
         detail = {"error": failure.message, "class": kind.value, "retry_in_s": round(delay, 3)}
         ctx.log.log(

@@ -1,5 +1,8 @@
 """``alpaca``: US stocks from Alpaca's market-data stream v2 (WebSocket, JSON or msgpack).
 
-Owns the wire notes (``wire.py``), the pure frame parsers (``parse.py``) and the
-connection, subscription registry and reconnect policy (``feeder.py``).
+``settings`` (the source's settings), ``wire`` (message types, keys, error codes),
+``parse`` (pure frame parsers), ``subscription`` (pure subscription state: desired,
+requested, the server's echo, the symbol limit), ``connection`` (one WebSocket: welcome,
+auth, subscribe diffs, error classes) and ``feeder`` (the thin feeder on the reconnect
+driver).
 """

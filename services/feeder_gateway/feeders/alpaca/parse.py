@@ -20,6 +20,9 @@ Choices, so every number keeps one meaning:
   ``volume`` = the day's cumulative shares, ``amount`` = VWAP x volume (rounded to
   cents; VWAP itself is rounded by the provider). The bar carries only its START time,
   so ``timestamp`` is the receive time: its content is as of "now".
+- Corrections ``c`` and cancel errors ``x`` → TradeCorrection (original id, price and
+  size; the corrected price and size, or ``cancelled``); halts ``s`` and LULD bands ``l``
+  → status events.
 """
 
 from __future__ import annotations
@@ -32,10 +35,10 @@ import msgpack  # type: ignore[import-untyped]
 import msgspec
 
 from services.feeder_gateway.feeders.alpaca.wire import IGNORED_DATA_TYPES
-from shared.dto import PriceUpdate
+from shared.dto import PriceUpdate, TradeCorrection
 
 _fromisoformat = datetime.fromisoformat
-_TRADING_EVENTS = frozenset({"c", "x", "s", "l"})
+_TRADING_EVENTS = frozenset({"s", "l"})
 _MINUTE = timedelta(minutes=1)
 _json_decoder = msgspec.json.Decoder()
 
@@ -218,32 +221,59 @@ class RecentTradeIds:
 
 MalformedSink = Callable[[str, str], None]
 TradingEventSink = Callable[[str, dict[str, Any]], None]  # (status state, detail)
+CorrectionSink = Callable[[TradeCorrection], None]
+
+
+def parse_correction(m: dict[str, Any], symbol: str, source: str, receive_time: datetime) -> TradeCorrection:
+    """A correction ``c`` → TradeCorrection: x exchange, oi/op/os original id/price/size,
+    ci/cp/cs the corrected ones (the corrected id is not kept: the trade is known by oi)."""
+    return TradeCorrection(
+        symbol=symbol,
+        original_id=_trade_id(m["oi"], "oi"),
+        original_price=_price(m["op"], "op"),
+        original_size=float(_count(m["os"], "os")),
+        corrected_price=_price(m["cp"], "cp"),
+        corrected_size=float(_count(m["cs"], "cs")),
+        exchange=_exchange(m["x"]),
+        timestamp=parse_timestamp(m["t"]),
+        source=source,
+        receive_time=receive_time,
+    )
+
+
+def parse_cancel(m: dict[str, Any], symbol: str, source: str, receive_time: datetime) -> TradeCorrection:
+    """A cancel error ``x`` → TradeCorrection(cancelled): i trade id, p price, s size, x
+    exchange, a action (C cancel, E error: either way the trade is void)."""
+    return TradeCorrection(
+        symbol=symbol,
+        original_id=_trade_id(m["i"], "i"),
+        original_price=_price(m["p"], "p"),
+        original_size=float(_count(m["s"], "s")),
+        cancelled=True,
+        exchange=_exchange(m["x"]),
+        timestamp=parse_timestamp(m["t"]),
+        source=source,
+        receive_time=receive_time,
+    )
+
+
+def _trade_id(value: object, key: str) -> int:
+    if type(value) is int:
+        return value
+    raise WireError(f"bad {key}: {value!r:.40}")
+
+
+def _exchange(value: object) -> str:
+    if type(value) is str:
+        return value
+    raise WireError(f"bad x: {value!r:.40}")
 
 
 def trading_event(m: dict[str, Any], symbol: str) -> tuple[str, dict[str, Any]]:
-    """A correction ``c``, cancel ``x``, trading status ``s`` or LULD ``l`` message → the
-    status event that reports it: (state, detail) with the provider's values under
-    readable names, enough for a consumer to correct a published trade or bar."""
+    """A trading status ``s`` or LULD ``l`` message → the status event that reports it:
+    (state, detail) with the provider's values under readable names."""
     kind = m["T"]
     t = parse_timestamp(m["t"]).isoformat()
-    if kind == "c":  # x exchange, oi/op/os original id/price/size, ci/cp/cs corrected ones
-        return "trade_correction", {
-            "symbol": symbol,
-            "exchange": m["x"],
-            "timestamp": t,
-            "original": {"id": m["oi"], "price": _price(m["op"], "op"), "size": _count(m["os"], "os")},
-            "corrected": {"id": m["ci"], "price": _price(m["cp"], "cp"), "size": _count(m["cs"], "cs")},
-        }
-    if kind == "x":  # i trade id, p price, s size, a action (C cancel / E error)
-        return "trade_cancel", {
-            "symbol": symbol,
-            "exchange": m["x"],
-            "timestamp": t,
-            "id": m["i"],
-            "price": _price(m["p"], "p"),
-            "size": _count(m["s"], "s"),
-            "action": m.get("a"),
-        }
     if kind == "s":  # sc/sm status code/message, rc/rm reason code/message
         return "trading_status", {
             "symbol": symbol,
@@ -266,7 +296,7 @@ def trading_event(m: dict[str, Any], symbol: str) -> tuple[str, dict[str, Any]]:
 class FrameParser:
     """Decoded frames → ticks for the wanted symbols, plus the control messages.
 
-    State kept across frames and reconnects (one instance per feeder run): the wanted
+    State kept across frames and reconnects (one instance per feeder): the wanted
     wire symbols, the last trade price per symbol (a quote's price) and recent trade ids
     (dedup). Data for symbols not wanted (just unsubscribed: the server keeps sending
     briefly) is dropped. A bad message is reported to ``malformed`` and skipped.
@@ -281,9 +311,11 @@ class FrameParser:
         quote_lot_size: int = 100,
         dedup_window: int = 512,
         trading_events: TradingEventSink | None = None,
+        corrections: CorrectionSink | None = None,
     ) -> None:
         self.source = source
         self._trading_events = trading_events
+        self._corrections = corrections
         self.delayed = delayed
         self.quote_lot_size = quote_lot_size
         self._malformed = malformed
@@ -294,6 +326,10 @@ class FrameParser:
         self._bar_parsers: dict[str, Callable[..., PriceUpdate]] = {
             "b": parse_minute_bar,
             "d": parse_daily_bar,
+        }
+        self._correction_parsers: dict[str, Callable[..., TradeCorrection]] = {
+            "c": parse_correction,
+            "x": parse_cancel,
         }
         self._ignored = IGNORED_DATA_TYPES
 
@@ -367,6 +403,11 @@ class FrameParser:
                     symbol = self._symbol(m)
                     if symbol is not None:
                         ticks.append(self._bar_parsers[kind](m, symbol, source, receive_time, delayed))
+                elif kind in self._correction_parsers:
+                    data += 1
+                    symbol = self._symbol(m)
+                    if symbol is not None and self._corrections is not None:
+                        self._corrections(self._correction_parsers[kind](m, symbol, source, receive_time))
                 elif kind in _TRADING_EVENTS:
                     data += 1
                     symbol = self._symbol(m)

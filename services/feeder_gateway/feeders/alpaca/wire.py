@@ -25,8 +25,9 @@ TYPE_OF_CHANNEL: dict[Channel, str] = {
     "dailyBars": "d",
 }
 
-# Types that carry market data but produce no PriceUpdate here. Corrections ``c``,
-# cancels ``x``, trading statuses ``s`` (halts) and LULD bands ``l`` become status events.
+# Types that carry market data but produce no PriceUpdate here. Corrections ``c`` and
+# cancels ``x`` become TradeCorrection messages; trading statuses ``s`` (halts) and LULD
+# bands ``l`` become status events.
 IGNORED_DATA_TYPES = frozenset(
     {
         "u",  # updated minute bar after late trades (would move the price back in time)
@@ -114,9 +115,7 @@ def auth_message(key: str, secret: str) -> dict[str, Any]:
     return {"action": "auth", "key": key, "secret": secret}
 
 
-def subscription_message(
-    action: Literal["subscribe", "unsubscribe"], channels: tuple[Channel, ...], symbols: list[str]
-) -> dict[str, Any]:
+def subscription_message(action: str, channels: tuple[Channel, ...], symbols: list[str]) -> dict[str, Any]:
     """One (un)subscribe message: the same symbols on every channel."""
     msg: dict[str, Any] = {"action": action}
     for ch in channels:
