@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from services.feeder_gateway.feeders.eastmoney import wire
-from services.feeder_gateway.feeders.eastmoney.feeder import EastMoneySettings, plan_requests
 from services.feeder_gateway.feeders.eastmoney.parse import (
     QuoteError,
     apply_diff,
@@ -17,12 +17,15 @@ from services.feeder_gateway.feeders.eastmoney.parse import (
     quote_to_update,
     symbol_of,
 )
+from services.feeder_gateway.feeders.eastmoney.request import pacer_for
 from services.feeder_gateway.feeders.eastmoney.secid import (
     SecidError,
     from_market_code,
     is_beijing_code,
     to_secid,
 )
+from services.feeder_gateway.feeders.eastmoney.settings import EastMoneyPollSettings, EastMoneySettings
+from services.feeder_gateway.feeders.eastmoney.stream import plan_requests
 from shared.dto import PriceUpdate
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "eastmoney"
@@ -324,3 +327,27 @@ def test_settings_reject_bad_field_codes_and_urls() -> None:
         EastMoneySettings(base_url="push2.eastmoney.com")
     s = EastMoneySettings.model_validate({"base_url": "http://x/", "us_exchange": {"IBM": 106}})
     assert s.base_url == "http://x" and s.us_exchange == {"IBM": 106}
+
+
+@pytest.mark.parametrize("settings_type", [EastMoneySettings, EastMoneyPollSettings])
+def test_both_source_types_share_the_request_settings(settings_type: type[EastMoneySettings]) -> None:
+    with pytest.raises(ValueError, match="f<number>"):
+        settings_type(fields=("f2", "price"))
+    with pytest.raises(ValueError, match="http"):
+        settings_type(base_url="push2.eastmoney.com")
+    s = settings_type.model_validate({"base_url": "http://x/", "us_exchange": {"IBM": 106}})
+    assert s.base_url == "http://x" and s.us_exchange == {"IBM": 106}
+    assert s.min_request_interval_s == 0.5 and s.ban_hold_s == 120.0
+    with pytest.raises(ValueError, match="silence_timeout_s"):
+        settings_type.model_validate({"silence_timeout_s": 9})  # the stream's own watchdog is gone
+
+
+def test_pacer_is_one_per_host_and_the_slower_settings_apply() -> None:
+    async def pacers() -> tuple[object, object, object, float]:
+        a = pacer_for(EastMoneySettings(base_url="http://h:1", min_request_interval_s=0.2))
+        b = pacer_for(EastMoneyPollSettings(base_url="http://h:1/", min_request_interval_s=0.7))
+        c = pacer_for(EastMoneySettings(base_url="http://other:1"))
+        return a, b, c, b.min_interval_s
+
+    a, b, c, interval = asyncio.run(pacers())
+    assert a is b and a is not c and interval == 0.7

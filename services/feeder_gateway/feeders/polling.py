@@ -250,13 +250,22 @@ class HttpPollingFeeder(ReconnectingFeeder[SettingsT], Generic[SettingsT, QuoteT
         path = self.path.format(keys=",".join(keys))
         return URL(self.settings.base_url + path, encoded=True)
 
+    async def _before_request(self) -> None:
+        """Called before every request (a provider's request pacer waits here)."""
+
+    def _answer_error(self, resp: aiohttp.ClientResponse, body: bytes) -> Exception | None:
+        """None when an answer carries data; else what it means (``_http_error``)."""
+        return None if resp.status == 200 else self._http_error(resp, body)
+
     async def _fetch(self, session: aiohttp.ClientSession, url: URL) -> bytes:
+        await self._before_request()
         async with session.get(url) as resp:
             self._resets = 0  # an answer, whatever it says
             body = await resp.read()
-            if resp.status == 200:
+            error = self._answer_error(resp, body)
+            if error is None:
                 return body
-            raise self._http_error(resp, body)
+            raise error
 
     def _poll_set(self, wanted: frozenset[str], polled: PollSet[QuoteT]) -> None:
         """Poll ``wanted`` from now on; a removed key forgets its last quote."""

@@ -1,6 +1,7 @@
-"""``eastmoney``: EastMoney push2 quotes (CN A-shares; HK/US codes too) over SSE or HTTP polling.
+"""``eastmoney`` / ``eastmoney_poll``: EastMoney push2 quotes (CN A-shares; HK/US codes too).
 
-``secid`` maps canonical symbols to EastMoney secids and back, ``wire`` holds the field
-codes and SSE framing, ``parse`` turns merged field dicts into PriceUpdates (pure), and
-``feeder`` owns the HTTP connections, rate limiting, backoff and the per-position caches.
+``settings`` (both source types), ``secid`` (canonical symbol ⇄ secid), ``wire`` (field
+codes, envelope, SSE framing), ``parse`` (pure: envelopes, positional merging, quote →
+PriceUpdate), ``request`` (the per-host pacer, routes, query, answer classes), ``stream``
+(the SSE connection and its per-position caches) and ``feeder`` (the two thin feeders).
 """
