@@ -438,3 +438,36 @@ async def rewind_truncated(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
             extra=kv(partitions=",".join(f"{tp.topic}[{tp.partition}]" for tp in rewound)),
         )
     return rewound
+
+
+Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+
+async def fetch(
+    consumer: AIOKafkaConsumer, *partitions: TopicPartition, timeout_ms: int, max_records: int | None = None
+) -> Batches:
+    """``getmany`` for a consumer loop that must outlive the broker: a broker error is an
+    empty fetch (the service's BrokerWatch reports the outage), and after an empty fetch a
+    recreated or truncated partition is read again from its beginning (rewind_truncated)."""
+    try:
+        batches: Batches = await consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+    except KafkaError as e:
+        log.debug("fetch failed", extra=kv(error=repr(e)))
+        batches = {}
+    if not batches:
+        await rewind_truncated(consumer)
+    return batches
+
+
+async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int] | None = None) -> bool:
+    """Commit (the given offsets, else the consumed positions); False if the broker refused
+    or is away: the caller commits again later, and a redelivery changes nothing."""
+    try:
+        if offsets is None:
+            await consumer.commit()
+        else:
+            await consumer.commit(offsets)
+        return True
+    except KafkaError as e:
+        log.warning("offset commit failed; will commit again", extra=kv(error=repr(e)))
+        return False

@@ -32,6 +32,7 @@ from services.datamanager.interest import InterestRegistry
 from services.datamanager.quality import AlertGate
 from services.datamanager.state import DatamanagerState, MemoryState, RedisState
 from shared.backoff import Backoff
+from shared.broker_watch import BrokerReturn
 from shared.config import AppConfig, DatamanagerSettings
 from shared.dto import (
     Bar,
@@ -43,7 +44,7 @@ from shared.dto import (
     decode,
     utcnow,
 )
-from shared.kafka import DeadLetters, Inbox, assign_all, at_end, consumer_options
+from shared.kafka import DeadLetters, Inbox, assign_all, at_end, commit, consumer_options, fetch
 from shared.logs import kv
 from shared.metrics import LATENCY_BUCKETS_S, add_callback_metric
 from shared.runtime import Service
@@ -217,7 +218,10 @@ class DataManager(Service):
     # -- lifecycle: standby ⇄ active ----------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.start_kafka()
+        if not await self.start_kafka(stop):
+            await self.stop_kafka()
+            return  # stopped before the broker answered
+        self.broker.on_reconnect("republish-subscriptions", self._on_broker_back)
         if not self.state.durable:
             log.warning("redis.url is not set: interest and latest prices live in this process (one instance only)")
         if self.store is None:
@@ -242,6 +246,13 @@ class DataManager(Service):
             if self.store is not None:
                 await self.store.stop()
             await self.stop_kafka()
+
+    async def _on_broker_back(self, back: BrokerReturn) -> None:
+        """After an outage republish every market's subscription: a broker that lost its
+        topics (the embedded one) lost them too, and a gateway started now needs them."""
+        if self.role == "active" and self.interest_loaded.is_set():
+            log.info("broker back: republishing subscriptions", extra=kv(recreated=sorted(back.recreated)))
+            await self._publish_subscriptions(set(Market))
 
     async def _await_active(self, stop: asyncio.Event) -> bool:
         """Wait until this instance holds the active lease; False if stopped first."""
@@ -358,7 +369,7 @@ class DataManager(Service):
                 await consumer.seek_to_beginning(*fresh)
             skew = self.settings.max_clock_skew_s
             while not stop.is_set():
-                batches = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
+                batches = await fetch(consumer, *tps, timeout_ms=200, max_records=5000)
                 changed: set[Market] = set()
                 added: set[str] = set()
                 offsets: dict[int, int] = {}
@@ -555,7 +566,7 @@ class DataManager(Service):
                             await asyncio.wait_for(stop.wait(), timeout=backoff.next_delay())
                         continue
                     backoff.reset()
-                batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+                batches = await fetch(consumer, timeout_ms=200, max_records=10_000)
                 now = time.time()
                 if batches:
                     await self._fold(batches, now + skew, now)
@@ -630,13 +641,8 @@ class DataManager(Service):
             store.add(rows)
             if not await store.flush():
                 return False
-        if positions:
-            try:
-                await consumer.commit(dict(positions))
-            except Exception as e:  # the next flush commits again
-                log.warning("tick offsets commit failed", extra=kv(error=repr(e)))
-                return False
-        return True
+        # False: the next flush commits again
+        return not positions or await commit(consumer, dict(positions))
 
     # -- commands -------------------------------------------------------------------------
 
@@ -648,7 +654,7 @@ class DataManager(Service):
             await _pin_start(consumer, await assign_all(consumer, self.topics.control_commands))
             self.commands_ready.set()
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=100)
+                batches = await fetch(consumer, timeout_ms=200, max_records=100)
                 if not batches:
                     continue
                 for rec, msg in await self.inbox.decode(batches):
@@ -672,7 +678,7 @@ class DataManager(Service):
                         await self.publisher.publish(self.topics.system_events, result, key=self.name)
                     except Exception as e:
                         await self._failed_record(rec, e)
-                await consumer.commit()
+                await commit(consumer)
         finally:
             await consumer.stop()
 

@@ -118,7 +118,9 @@ class FeederGateway(Service):
         return {"service": self.name, "queue_depth": len(self.queue), "conflated": self.queue.conflated}
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.start_kafka()
+        if not await self.start_kafka(stop):
+            await self.stop_kafka()
+            return  # stopped before the broker answered
         self.events.status("gateway", "started", markets=[m.value for m in self.feeds])
         feed_stop = asyncio.Event()
         try:

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from shared.config import KafkaSettings, SymbolShard
 from shared.dto import Subscription
-from shared.kafka import Inbox, assign_all, at_end, consumer_options
+from shared.kafka import Inbox, assign_all, at_end, consumer_options, fetch
 from shared.logs import kv
 from shared.metrics import ServiceMetrics
 from shared.symbols import Market, SymbolError, market_of
@@ -84,7 +84,7 @@ class SubscriptionWatcher:
             tps = await assign_all(consumer, self._topic)
             await consumer.seek_to_beginning(*tps)
             while not stop.is_set():
-                batches = await consumer.getmany(*tps, timeout_ms=200, max_records=1000)
+                batches = await fetch(consumer, *tps, timeout_ms=200, max_records=1000)
                 if batches:
                     self._on_messages(await self._inbox.messages(batches))
                 if not self.caught_up.is_set() and await at_end(consumer, tps):

@@ -78,7 +78,9 @@ class BenchContext:
 
     def kafka_fields(self) -> dict[str, Any]:
         """The ``kafka:`` section every config of the run gets (and every baseline uses)."""
-        return {"bootstrap_servers": self.bootstrap, **GROUP_TIMINGS, **self.kafka_overrides}
+        # what `auto` settles on for this broker, spelled out for the raw baselines' producers
+        idempotence = {"enable_idempotence": self.broker_kind != "tansu"}
+        return {"bootstrap_servers": self.bootstrap, **GROUP_TIMINGS, **idempotence, **self.kafka_overrides}
 
     def kafka(self) -> KafkaSettings:
         return KafkaSettings.model_validate(self.kafka_fields())

@@ -37,7 +37,14 @@ def test_empty_livedata_yml_gives_defaults(tmp_path: Path) -> None:
 
 def test_demo_config_is_valid() -> None:
     cfg = load_config(Path(__file__).parents[2] / "deploy" / "config" / "demo", env={})
-    assert [j.name for j in cfg.task_timer.jobs] == ["demo_bar_snapshot", "cn_close_snapshot"]
+    assert [j.name for j in cfg.task_timer.jobs] == [
+        "demo_bar_snapshot",
+        "update_selector",
+        "cn_close_snapshot",
+        "hk_close_snapshot",
+        "us_close_snapshot",
+        "update_data",
+    ]
     assert set(cfg.data_sources.markets) == {"CN", "HK", "US"}
 
 
