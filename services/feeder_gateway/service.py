@@ -8,7 +8,8 @@ from typing import Any
 
 from prometheus_client import Histogram
 
-from services.feeder_gateway.feeders.base import Feeder, FeederContext, FeederMetrics
+from services.feeder_gateway.corrections import CorrectionPublisher
+from services.feeder_gateway.feeders.base import CorrectionCallback, Feeder, FeederContext, FeederMetrics
 from services.feeder_gateway.feeders.registry import FEEDER_TYPES
 from services.feeder_gateway.feeders.wanted import WantedSymbols
 from services.feeder_gateway.market_feed import MarketFeed
@@ -41,6 +42,7 @@ class FeederGateway(Service):
         live = config.livedata
         self.queue = ConflatingTickQueue(self.settings.queue_size)
         self.feeder_metrics = FeederMetrics(self.metrics)
+        self.corrections = CorrectionPublisher(self.publisher, self.topics.market_data)
         self.feeds: dict[Market, MarketFeed] = self._build_feeds()
         inbox = Inbox(
             DeadLetters(self.publisher, self.topics, self.name, self.metrics),
@@ -83,12 +85,26 @@ class FeederGateway(Service):
             "Source switches",
             lambda: sum(f.switches for f in self.feeds.values()),
         )
+        add_callback_metric(
+            m,
+            "counter",
+            "livedata_gateway_corrections_published",
+            "Trade corrections and cancels published",
+            lambda: self.corrections.published,
+        )
+        add_callback_metric(
+            m,
+            "counter",
+            "livedata_gateway_corrections_dropped",
+            "Trade corrections dropped because their outbox was full",
+            lambda: self.corrections.dropped,
+        )
 
     def _build_feeds(self) -> dict[Market, MarketFeed]:
         latency = self.metrics.histogram(
             "livedata_feed_latency_seconds", "Provider time → gateway receive time (newest tick of each batch)"
         )
-        return build_feeds(self.config, self.queue, self.events, self.feeder_metrics, latency)
+        return build_feeds(self.config, self.queue, self.events, self.feeder_metrics, latency, self.corrections.put)
 
     def _apply(self, market: Market, symbols: frozenset[str]) -> None:
         feed = self.feeds.get(market)
@@ -127,6 +143,7 @@ class FeederGateway(Service):
             async with asyncio.TaskGroup() as tg:
                 events_task = tg.create_task(self.events.run(self.publisher), name="gateway.events")
                 publish_task = tg.create_task(self.tick_publisher.run(), name="gateway.publish")
+                corrections_task = tg.create_task(self.corrections.run(), name="gateway.corrections")
                 watcher_task = tg.create_task(self.watcher.run(feed_stop), name="gateway.subscriptions")
                 feed_tasks = [
                     tg.create_task(feed.run(feed_stop), name=f"gateway.feed.{m.value}")
@@ -137,7 +154,8 @@ class FeederGateway(Service):
                 feed_stop.set()
                 await asyncio.gather(*feed_tasks, watcher_task)
                 self.queue.close()
-                await publish_task
+                self.corrections.close()
+                await asyncio.gather(publish_task, corrections_task)
                 self.events.status("gateway", "stopped", published=self.tick_publisher.published)
                 self.events.close()
                 await events_task
@@ -166,8 +184,11 @@ def build_feeds(
     events: SystemEvents,
     feeder_metrics: FeederMetrics,
     latency: Histogram | None = None,
+    emit_correction: CorrectionCallback | None = None,
 ) -> dict[Market, MarketFeed]:
     """One MarketFeed per served market from data_sources.yml (sim everywhere if empty).
+
+    ``emit_correction`` receives the feeders' trade corrections (published on market data).
 
     Raises ConfigError naming data_sources.yml and the key of a bad source.
     """
@@ -196,6 +217,7 @@ def build_feeds(
                 metrics=feeder_metrics,
                 wanted=wanted.view(),
                 emit_alert=_feeder_alert(events, market, entry.source_name),
+                emit_correction=emit_correction,
             )
             feeders.append(cls.from_settings(config.source_settings(entry), ctx, where, key))
         if not feeders:
