@@ -158,6 +158,13 @@ class ServiceSettings(Strict):
     http: HttpSettings = HttpSettings()
     shutdown_timeout_s: float = Field(5.0, gt=0)
     """After SIGTERM, drain for at most this long, then cancel what is left (exit 1)."""
+    loop_stuck_after_s: float = Field(30.0, gt=0)
+    """/readyz fails when an owned loop (a consumer, the publisher) has not gone round for
+    this long: it is stuck even if the process answers."""
+    deadletter_alert_per_s: float = Field(1.0, gt=0)
+    """Alert (rate-limited) when messages are dead-lettered faster than this, over 10 s."""
+    alert_interval_s: float = Field(60.0, gt=0)
+    """The same alert is raised at most once per this interval."""
 
 
 class SymbolShard(Strict):
@@ -189,6 +196,8 @@ class GatewaySettings(ServiceSettings):
     shard: SymbolShard | None = None
     """Serve only this hash range of each served market's symbols (None: all of them).
     Instances with complementary shards publish every symbol exactly once."""
+    conflation_alert_per_s: float = Field(100.0, gt=0)
+    """Alert (rate-limited) when ticks are conflated faster than this, over 10 s."""
 
 
 class DatamanagerSettings(ServiceSettings):

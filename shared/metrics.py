@@ -66,3 +66,8 @@ def add_callback_metric(metrics: ServiceMetrics, kind: str, name: str, doc: str,
         metrics.registry.register(collector)
         metrics._callbacks = collector  # type: ignore[attr-defined]
     collector.entries.append((kind, name, doc, fn))
+
+
+def counter_total(counter: Counter) -> float:
+    """The sum of a counter's ``_total`` samples over all its labels."""
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))

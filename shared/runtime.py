@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from typing import Any
 from aiohttp import web
 from aiokafka.errors import KafkaError
 
+from shared.alarms import LoopHeartbeats, RateAlarm
 from shared.backoff import Backoff
 from shared.broker_watch import BrokerWatch
 from shared.config import AppConfig, ConfigError, HttpSettings, ServiceSettings, load_config
 from shared.events import SystemEvents
 from shared.kafka import KafkaPublisher
 from shared.logs import kv, setup_logging
-from shared.metrics import ServiceMetrics
+from shared.metrics import ServiceMetrics, counter_total
 from shared.tasks import cancel_and_wait
 from shared.topics import Topics
 
@@ -55,7 +57,29 @@ class Service(abc.ABC):
         self.broker = BrokerWatch(live.kafka, self.topics, self.events, f"{live.kafka.client_id}-{self.name}")
         self._producing = False
         self._watch_stop = asyncio.Event()
-        self._watch_task: asyncio.Task[None] | None = None
+        self._watch_tasks: list[asyncio.Task[None]] = []
+        self.loops = LoopHeartbeats(settings.loop_stuck_after_s)
+        self.alarms: list[RateAlarm] = []
+        self.alarm(
+            "dead_letters",
+            "messages dead-lettered",
+            lambda: counter_total(self.metrics.dead_lettered),
+            settings.deadletter_alert_per_s,
+        )
+
+    def alarm(self, code: str, what: str, read: Callable[[], float], threshold_per_s: float) -> RateAlarm:
+        """Alert (at most once per ``alert_interval_s``) while ``read()`` grows faster than the threshold."""
+        a = RateAlarm(self.events, code, what, read, threshold_per_s, self.settings.alert_interval_s)
+        self.alarms.append(a)
+        return a
+
+    async def _watch_alarms(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            now = time.monotonic()
+            for a in self.alarms:
+                a.check(now)
 
     @property
     def broker_ok(self) -> bool:
@@ -81,15 +105,17 @@ class Service(abc.ABC):
                 if stop.is_set():
                     return False
         self._producing = True
-        self._watch_task = asyncio.create_task(self.broker.run(self._watch_stop), name=f"{self.name}.broker-watch")
+        self._watch_tasks = [
+            asyncio.create_task(self.broker.run(self._watch_stop), name=f"{self.name}.broker-watch"),
+            asyncio.create_task(self._watch_alarms(self._watch_stop), name=f"{self.name}.alarms"),
+        ]
         return True
 
     async def stop_kafka(self) -> None:
         """Flush and close the producer; never raises (shutdown goes on)."""
         self._producing = False
         self._watch_stop.set()
-        if self._watch_task is not None:
-            await cancel_and_wait([self._watch_task])
+        await cancel_and_wait(self._watch_tasks)
         try:
             await self.publisher.stop()
         except Exception as e:
@@ -129,6 +155,13 @@ class HealthServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         ready, detail = self._service.readiness()
+        stuck = self._service.loops.stuck()
+        if stuck:
+            ready = False
+            detail = {**detail, "stuck_loops": stuck}
+        if not self._service.broker.up:
+            ready = False
+            detail = {**detail, "broker": False, "broker_error": self._service.broker.last_error}
         return web.json_response({"ready": ready, **detail}, status=200 if ready else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:

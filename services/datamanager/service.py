@@ -369,6 +369,7 @@ class DataManager(Service):
                 await consumer.seek_to_beginning(*fresh)
             skew = self.settings.max_clock_skew_s
             while not stop.is_set():
+                self.loops.beat("interest")
                 batches = await fetch(consumer, *tps, timeout_ms=200, max_records=5000)
                 changed: set[Market] = set()
                 added: set[str] = set()
@@ -412,6 +413,7 @@ class DataManager(Service):
                 if offsets or self.registry.dirty:
                     await self._save_interest(offsets, stop)
         finally:
+            self.loops.retire("interest")
             await consumer.stop()
 
     async def _save_interest(self, offsets: dict[int, int], stop: asyncio.Event) -> None:
@@ -558,6 +560,7 @@ class DataManager(Service):
             await _pin_start(consumer, await assign_all(consumer, market_data))
             self.ticks_ready.set()
             while not stop.is_set():
+                self.loops.beat("ticks")
                 store = self.store
                 if store is not None and len(store.pending) > max_pending:
                     # storage is away and the buffer is full: stop fetching until it drains
@@ -579,6 +582,7 @@ class DataManager(Service):
                         await self._flush_bars(consumer, positions)
             await self._flush_bars(consumer, positions)
         finally:
+            self.loops.retire("ticks")
             await consumer.stop()
 
     async def _fold(self, batches: Batches, clock_limit: float, now: float) -> None:
@@ -654,6 +658,7 @@ class DataManager(Service):
             await _pin_start(consumer, await assign_all(consumer, self.topics.control_commands))
             self.commands_ready.set()
             while not stop.is_set():
+                self.loops.beat("commands")
                 batches = await fetch(consumer, timeout_ms=200, max_records=100)
                 if not batches:
                     continue
@@ -680,6 +685,7 @@ class DataManager(Service):
                         await self._failed_record(rec, e)
                 await commit(consumer)
         finally:
+            self.loops.retire("commands")
             await consumer.stop()
 
     async def _bar_snapshot(self, cmd: ControlCommand) -> dict[str, Any]:

@@ -78,6 +78,12 @@ class FeederGateway(Service):
             "Ticks replaced by a newer tick of the same symbol",
             lambda: self.queue.conflated,
         )
+        self.alarm(
+            "ticks_conflated",
+            "ticks conflated (the broker or the publisher falls behind)",
+            lambda: self.queue.conflated,
+            self.settings.conflation_alert_per_s,
+        )
         add_callback_metric(
             m,
             "counter",
