@@ -545,3 +545,35 @@ async def test_drop_without_a_held_session_ticks_again_within_2s() -> None:
         recovered_s = asyncio.get_running_loop().time() - dropped
         assert recovered_s <= 2.0
         print(f"alpaca drop: all symbols ticking again after {recovered_s:.2f}s")
+
+
+async def test_auth_waits_for_the_welcome_and_batched_control_messages_are_all_read() -> None:
+    sim = AlpacaSimulator()
+    sim.welcome_delay_s = 0.3  # a client that sends auth before reading the welcome shows here
+    async with sim, running(sim, {"AAPL"}) as run:
+        await eventually(lambda: run.of("AAPL"), what="ticks")
+        assert sim.early_messages == []
+    sim = AlpacaSimulator()
+    sim.batch_control = True  # [connected, authenticated] in one frame
+    async with sim, running(sim, {"AAPL"}, auth_in_headers=True) as run:
+        await eventually(lambda: run.of("AAPL"), what="ticks after a batched welcome")
+        assert "disconnected" not in run.states()
+
+
+async def test_an_error_queued_before_the_welcome_fails_by_its_code() -> None:
+    sim = AlpacaSimulator()
+    sim.before_welcome = [{"T": "error", "code": 406, "msg": "connection limit exceeded"}]
+    sim.close_after_before_welcome = True
+    settings = {"connection_limit_wait_s": 0.5, "connection_limit_jitter_s": 0.1}
+    async with sim, running(sim, {"AAPL"}, **settings) as run:
+        held = await eventually(lambda: [d for s, d in run.statuses if s == "session_held"], what="406 read")
+        assert held[0]["retry_in_s"] >= 0.5 and "disconnected" not in run.states()
+        sim.before_welcome = []
+        await eventually(lambda: run.of("AAPL"), what="ticks after the hold")
+        assert sim.upgrades == 2  # one refused connection, then the one after the hold
+    sim = AlpacaSimulator()
+    sim.batch_control = True  # [connected, error 402] in one frame
+    async with sim, running(sim, {"AAPL"}, auth_in_headers=True, secret="wrong") as run:
+        assert run.task is not None
+        with pytest.raises(FeederConfigError, match="402"):
+            await asyncio.wait_for(run.task, 5)

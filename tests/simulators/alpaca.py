@@ -14,7 +14,11 @@ an unsubscribe as the real server does; ``v2/test`` streams FAKEPACA only.
 Fault switches, from the test: ``drop_all()`` (reset every connection), ``go_silent()``
 (open but mute), ``send_garbage()``, ``inject_error()``, ``slow_s``, ``reject_auth``,
 ``reject_upgrade`` (HTTP status on the upgrade, e.g. 429), ``duplicate_trades``,
-``unknown_symbols`` (left out of the subscription without an error).
+``unknown_symbols`` (left out of the subscription without an error), ``welcome_delay_s``
+(client messages before the welcome are recorded in ``early_messages``),
+``before_welcome`` (a frame queued ahead of the welcome, e.g. an error, optionally then
+closed), ``batch_control`` (welcome and auth answer in one frame, as a control frame may
+hold several messages).
 
 Run alone: ``python -m tests.simulators.alpaca --port 8765``.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import random
@@ -63,6 +68,7 @@ class SimSession:
     subs: dict[str, set[str]] = field(default_factory=lambda: {c: set() for c in SUB_CHANNELS})
     lingering: dict[tuple[str, str], float] = field(default_factory=dict)  # (channel, sym) → until
     received: list[dict[str, Any]] = field(default_factory=list)
+    held_welcome: dict[str, Any] | None = None  # batch_control: goes out with the next control message
 
     def encode(self, msgs: list[dict[str, Any]]) -> str | bytes:
         """Data keep ``t`` as int nanoseconds internally; each framing renders it."""
@@ -118,6 +124,10 @@ class AlpacaSimulator:
         self.reject_auth = False
         self.reject_upgrade: tuple[int, dict[str, str]] | None = None
         self.unknown_symbols: set[str] = set()  # silently left out of every subscribe
+        self.welcome_delay_s = 0.0  # the welcome comes this late; client messages before it are recorded
+        self.before_welcome: list[dict[str, Any]] = []  # a frame queued before the welcome (e.g. an error)
+        self.close_after_before_welcome = False  # ...and the connection closed right after the welcome
+        self.batch_control = False  # handshake answers share one frame: [connected, authenticated|error]
         # what happened, for assertions
         self.sessions: list[SimSession] = []  # live
         self.all_sessions: list[SimSession] = []
@@ -126,6 +136,7 @@ class AlpacaSimulator:
         self.errors_sent: list[tuple[int, int, float]] = []  # (session id, code, loop time)
         self.authenticated_at: list[float] = []  # loop times of successful auths
         self.upgrades = 0
+        self.early_messages: list[tuple[int, Any]] = []  # (session id, raw) sent before the welcome
         self._ghosts: list[float] = []  # loop times until which dropped sessions still count
         self._rng = random.Random(seed)
         self._ids = itertools.count(1)
@@ -247,9 +258,25 @@ class AlpacaSimulator:
         self.sessions.append(sess)
         self.all_sessions.append(sess)
         producer: asyncio.Task[None] | None = None
+        early: list[str | bytes] = []
         try:
-            await self._send(sess, [{"T": "success", "msg": "connected"}])
+            if self.welcome_delay_s:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.welcome_delay_s):
+                        while True:
+                            early.append(await conn.recv())
+                self.early_messages += [(sess.id, raw) for raw in early]
+            if self.before_welcome:
+                await self._send(sess, list(self.before_welcome))
+            welcome = {"T": "success", "msg": "connected"}
             header_key = headers.get("APCA-API-KEY-ID")
+            if self.batch_control and header_key is not None:
+                sess.held_welcome = welcome  # sent with the auth answer, in one frame
+            else:
+                await self._send(sess, [welcome])
+            if self.before_welcome and self.close_after_before_welcome:
+                await conn.close()
+                return
             if header_key is not None and not await self._auth(
                 sess, header_key, headers.get("APCA-API-SECRET-KEY", "")
             ):
@@ -258,7 +285,9 @@ class AlpacaSimulator:
             while True:
                 if sess.authenticated and producer is None:
                     producer = asyncio.create_task(self._produce(sess), name=f"alpaca-sim.{sess.id}")
-                if not sess.authenticated:
+                if early:
+                    raw = early.pop(0)
+                elif not sess.authenticated:
                     try:
                         async with asyncio.timeout_at(deadline):
                             raw = await conn.recv()
@@ -362,6 +391,8 @@ class AlpacaSimulator:
         await self._send(sess, [{"T": "error", "code": code, "msg": msg}])
 
     async def _send(self, sess: SimSession, msgs: list[dict[str, Any]]) -> None:
+        if sess.held_welcome is not None:
+            msgs, sess.held_welcome = [sess.held_welcome, *msgs], None
         await sess.conn.send(sess.encode(msgs))
 
     # --- data ------------------------------------------------------------------------

@@ -10,8 +10,9 @@ than ``rate_limit_requests`` requests within ``rate_limit_window_s`` → every r
 refused for ``ban_duration_s`` with 403 or a TCP reset).
 
 Fault switches for tests: ``drop_streams()``, ``silence_streams()`` / ``silent``,
-``send_garbage()``, ``delay_s``, ``ban()``, ``rc``. It records every request
-(``requests``) so tests can see which secids each one asked for.
+``send_garbage()``, ``delay_s``, ``ban()``, ``reset_next`` (drop the next requests),
+``rc``. It records every request (``requests``) so tests can see which secids each one
+asked for.
 
 Run standalone: ``python -m tests.simulators.eastmoney --port 8081 --tick-interval 0.5``.
 """
@@ -151,6 +152,7 @@ class EastMoneySimulator:
         self.delay_s = 0.0  # answer every request this much later
         self.rc = 0  # non-zero: every answer carries this rc and no data
         self.banned_until = 0.0  # time.monotonic(); see ban()
+        self.reset_next = 0  # the next N requests are answered with a TCP reset (a network drop)
         self.bans = 0  # how many times the rate limit (or ban()) banned the client
         self._recent: deque[float] = deque()
         self._heartbeats = 0
@@ -389,6 +391,11 @@ class EastMoneySimulator:
             recent.popleft()
         if now >= self.banned_until and len(recent) > self.rate_limit_requests:
             self.ban()
+        if self.reset_next > 0:
+            self.reset_next -= 1
+            rec.outcome = "reset"
+            _reset(request)
+            return rec, web.Response(status=403)  # never reaches the client
         if now < self.banned_until:
             if self.ban_style == "reset":
                 rec.outcome = "reset"
