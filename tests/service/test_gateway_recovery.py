@@ -22,11 +22,11 @@ from services.feeder_gateway.feeders.eastmoney.feeder import EastMoneyFeeder, Ea
 from services.feeder_gateway.feeders.wanted import WantedSymbols
 from services.feeder_gateway.market_feed import MarketFeed
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
-from shared.dto import PriceUpdate, Status, SystemEvent
-from shared.events import SystemEvents
+from shared.dto import PriceUpdate, Status
 from shared.metrics import ServiceMetrics
 from shared.symbols import Market
 from tests.helpers import eventually
+from tests.service.test_gateway_watchdog import RecordingEvents as WatchdogEvents
 from tests.simulators.alpaca import AlpacaSimulator
 from tests.simulators.eastmoney import SNAPSHOT_PATH, SSE_PATH, EastMoneySimulator
 
@@ -52,19 +52,9 @@ US = frozenset({"AAPL", "MSFT", "TSLA"})
 CN = frozenset({"600000.SH", "000001.SZ", "00700.HK"})
 
 
-class RecordingEvents(SystemEvents):
-    def __init__(self) -> None:
-        super().__init__("test", "events")
-        self.seen: list[SystemEvent] = []
-
-    def emit(self, event: SystemEvent) -> None:
-        self.seen.append(event)
-
+class RecordingEvents(WatchdogEvents):
     def statuses(self, component: str) -> list[Status]:
         return [e for e in self.seen if isinstance(e, Status) and e.component == component]
-
-    def states(self, component: str) -> list[str]:
-        return [e.state for e in self.statuses(component)]
 
 
 class Market1:
