@@ -146,6 +146,7 @@ class ControlCommand(_Message, tag="control_command", frozen=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     target: str = "datamanager"
     scheduled_for: AwareDatetime | None = None  # the cron instant, for timer-issued commands
+    job: str | None = None  # the task_timer.yml job that issued it (timer and `livedata jobs fire`)
 
 
 class Subscription(_Message, tag="subscription", frozen=True):

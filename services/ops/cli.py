@@ -208,6 +208,7 @@ def cmd_fire(args: argparse.Namespace) -> int:
         params=dict(job.params),
         source="livedata-cli",
         correlation_id=f"manual:{fire_id(job, now)}:{uuid.uuid4().hex[:8]}",
+        job=job.name,
         target=job.target,
         timestamp=now,
         scheduled_for=now,

@@ -112,6 +112,7 @@ class TaskTimer(Service):
             target=job.target,
             timestamp=utcnow(),  # issued at: real time, whatever the schedule clock
             scheduled_for=instant,
+            job=job.name,
         )
 
     async def _pause(self, schedule_s: float) -> None:

@@ -65,6 +65,7 @@ async def test_job_fires_once_on_its_instant(
         assert cmd.command == "bar_snapshot" and cmd.params == {"period": "1d"} and cmd.target == "datamanager"
         assert cmd.scheduled_for == instant
         assert cmd.correlation_id == f"every_minute@{instant.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        assert cmd.job == "every_minute"
         assert commands.records[0].key == b"datamanager"
         await eventually(lambda: sample(timer, "livedata_timer_lateness_seconds_count") == 1, what="lateness")
         lateness = sample(timer, "livedata_timer_lateness_seconds_sum")
