@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 
 from services.datamanager.quality import LIMIT_SLACK, board_limit
-from shared.dto import Bar, PriceUpdate
+from shared.dto import Bar, PriceUpdate, TradeCorrection
 from shared.symbols import MARKET_TIMEZONES, Market, market_of
 
 _MINUTE_FIELDS = 7
@@ -126,6 +126,7 @@ class BarAggregator:
         self.flags: list[tuple[str, float, float]] = []
         self.ticks = 0
         self.revisions = 0
+        self.corrections = 0  # trade corrections and cancels applied
 
     def _state(self, symbol: str) -> _SymbolBars:
         st = self._symbols.get(symbol)
@@ -277,22 +278,64 @@ class BarAggregator:
         self.ticks += 1
         return None
 
-    def _revise_closed(self, symbol: str, st: _SymbolBars, start: float, price: float, dv: float, da: float) -> bool:
+    def _revise_closed(
+        self, symbol: str, st: _SymbolBars, start: float, price: float | None, dv: float, da: float
+    ) -> bool:
+        """Revise the closed minute bar at ``start`` (``price`` None: volumes only); a late
+        tick (price given) in a minute without a bar inserts one."""
         ms = st.minutes
         for i in range(len(ms) - _MINUTE_FIELDS, -1, -_MINUTE_FIELDS):
             if ms[i] == start:
-                ms[i + 2] = max(ms[i + 2], price)
-                ms[i + 3] = min(ms[i + 3], price)
-                ms[i + 5] += dv
-                ms[i + 6] += da
+                if price is not None:
+                    ms[i + 2] = max(ms[i + 2], price)
+                    ms[i + 3] = min(ms[i + 3], price)
+                ms[i + 5] = max(0.0, ms[i + 5] + dv)
+                ms[i + 6] = max(0.0, ms[i + 6] + da)
                 self._closed.append(self._row(symbol, st, _Ohlcv(*ms[i : i + _MINUTE_FIELDS]), "1m"))
                 return True
             if ms[i] < start:  # no bar in that minute yet: insert one in order
+                if price is None:
+                    return False
                 j = i + _MINUTE_FIELDS
                 ms[j:j] = array("d", (start, price, price, price, price, dv, da))
                 self._closed.append(self._row(symbol, st, _Ohlcv(start, price, price, price, price, dv, da), "1m"))
                 return True
         return False
+
+    def on_correction(self, c: TradeCorrection) -> str | None:
+        """A trade counted earlier was corrected or cancelled: take its size and turnover
+        out of the minute and daily bars it fell in and, unless cancelled, put the
+        corrected ones in. High/low only widen (the trades behind a bar are not kept, so a
+        cancelled extreme stays); returns a rejection reason or None."""
+        st = self._symbols.get(c.symbol)
+        if st is None or st.daily is None:
+            return self._reject("correction_unknown_symbol")
+        ts = c.timestamp.timestamp()
+        if not st.day_start <= ts < st.day_end:
+            return self._reject("correction_other_day")
+        new_size = 0.0 if c.cancelled else (c.corrected_size if c.corrected_size is not None else c.original_size)
+        new_price = c.original_price if c.cancelled else (c.corrected_price or c.original_price)
+        dv = new_size - c.original_size
+        da = new_size * new_price - c.original_size * c.original_price
+        price = new_price if not c.cancelled else None
+        minute_start = ts - ts % 60.0
+        m = st.minute
+        if m is not None and m.start == minute_start:
+            m.volume = max(0.0, m.volume + dv)
+            m.amount = max(0.0, m.amount + da)
+            if price is not None:
+                m.high, m.low = max(m.high, price), min(m.low, price)
+        elif not self._revise_closed(symbol=c.symbol, st=st, start=minute_start, price=price, dv=dv, da=da):
+            return self._reject("correction_bar_gone")
+        if not st.day_true:  # a source's own day figures already include the exchange's correction
+            d = st.daily
+            d.volume = max(0.0, d.volume + dv)
+            d.amount = max(0.0, d.amount + da)
+            if price is not None:
+                d.high, d.low = max(d.high, price), min(d.low, price)
+        self._dirty.add(c.symbol)
+        self.corrections += 1
+        return None
 
     def _new_day(self, symbol: str, st: _SymbolBars, ts: float) -> None:
         if st.minute is not None:

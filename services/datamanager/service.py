@@ -41,6 +41,7 @@ from shared.dto import (
     InterestUpdate,
     PriceUpdate,
     Subscription,
+    TradeCorrection,
     decode,
     utcnow,
 )
@@ -74,7 +75,7 @@ class DataManager(Service):
             accepts={
                 self.topics.interest_updates: (InterestUpdate,),
                 self.topics.control_commands: (ControlCommand,),
-                self.topics.market_data: (PriceUpdate,),
+                self.topics.market_data: (PriceUpdate, TradeCorrection),
             },
             ignores={self.topics.market_data: (Bar,)},
         )
@@ -602,6 +603,15 @@ class DataManager(Service):
                     msg = None
                 if type(msg) is not PriceUpdate:
                     rare += 1
+                    if type(msg) is TradeCorrection:
+                        try:
+                            reason = bars.on_correction(msg)
+                        except Exception as e:
+                            await self._failed_record(rec, e)
+                            continue
+                        if reason is not None:
+                            rejected[reason] = rejected.get(reason, 0) + 1
+                        continue
                     await self.inbox.decode({tp: [rec]})  # dead-letters or ignores it
                     continue
                 try:

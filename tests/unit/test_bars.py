@@ -241,3 +241,44 @@ def test_restore_from_stored_rows_continues_without_double_counting() -> None:
     day = second.daily_bar("AAPL")
     assert day is not None and (day.open, day.low, day.close, day.volume) == (100.0, 98.0, 98.0, 25)
     assert [(b.open, b.close, b.volume) for b in second.minute_bars("AAPL")] == [(99.0, 98.0, 10)]
+
+
+def test_trade_corrections_and_cancels_revise_the_bars_they_fell_in() -> None:
+    from shared.dto import TradeCorrection
+
+    agg = BarAggregator()
+    # AAPL at 14:30:10 UTC (09:30:10 New York): two trades this minute, one the next
+    t0 = datetime(2024, 3, 4, 14, 30, 10, tzinfo=UTC)
+    agg.on_tick(tick("AAPL", 100.0, t0, size=10))
+    agg.on_tick(tick("AAPL", 101.0, t0 + timedelta(seconds=5), size=5))
+    agg.on_tick(tick("AAPL", 102.0, t0 + timedelta(seconds=60), size=20))  # closes the first minute
+    corrected = TradeCorrection(
+        symbol="AAPL",
+        original_id=1,
+        original_price=100.0,
+        original_size=10,
+        corrected_price=100.5,
+        corrected_size=12,
+        timestamp=t0,
+        source="alpaca",
+    )
+    cancelled = TradeCorrection(
+        symbol="AAPL",
+        original_id=3,
+        original_price=102.0,
+        original_size=20,
+        cancelled=True,
+        timestamp=t0 + timedelta(seconds=60),
+        source="alpaca",
+    )
+    assert agg.on_correction(corrected) is None  # in the closed minute
+    assert agg.on_correction(cancelled) is None  # in the open minute
+    first, second = agg.minute_bars("AAPL")
+    assert (first.volume, first.amount, first.high) == (17, 100.5 * 12 + 101 * 5, 101.0)
+    assert (second.volume, second.amount) == (0, 0)
+    day = agg.daily_bar("AAPL")
+    assert day is not None and day.volume == 17 and day.amount == 100.5 * 12 + 101 * 5
+    unknown = TradeCorrection(
+        symbol="MSFT", original_id=9, original_price=1, original_size=1, timestamp=t0, source="alpaca"
+    )
+    assert agg.on_correction(unknown) == "correction_unknown_symbol"
