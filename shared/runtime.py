@@ -255,6 +255,18 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def check_sources(config: AppConfig) -> None:
+    """Validate every source of data_sources.yml the way the gateway builds it (its type,
+    its settings, its secrets), so each daemon refuses a directory the gateway and
+    ``livedata validate`` refuse: one directory, one verdict. Raises ConfigError."""
+    from services.feeder_gateway.feeders.base import FeederMetrics
+    from services.feeder_gateway.service import build_feeds
+    from services.feeder_gateway.tick_queue import ConflatingTickQueue
+
+    metrics = ServiceMetrics("config-check")
+    build_feeds(config, ConflatingTickQueue(100), SystemEvents("config-check", "-"), FeederMetrics(metrics))
+
+
 def run_daemon(
     prog: str,
     description: str,
@@ -265,6 +277,7 @@ def run_daemon(
     args = base_parser(prog, description).parse_args(argv)
     try:
         config = load_config(args.config_dir)
+        check_sources(config)
     except ConfigError as e:
         print(f"{prog}: configuration error:\n{e}", file=sys.stderr)
         return 2
