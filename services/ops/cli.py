@@ -41,7 +41,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     setup_logging("up", "WARNING")
     config = load_config(args.config_dir or REPO_DEMO_CONFIG)
-    return run_async(run_stack(config, args.broker, Path(args.log_dir), args.redis, args.duration))
+    return run_async(run_stack(config, args.broker, Path(args.log_dir), args.stores, args.duration))
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -266,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("up", help="a local broker + the three daemons in the foreground (config: deploy/config/demo)")
     )
     u.add_argument("--broker", choices=["tansu", "kafka"], default="tansu", help=BROKER_HELP)
-    u.add_argument("--redis", action="store_true", help="also start a local redis-server and pass REDIS_URL")
+    u.add_argument(
+        "--stores",
+        action="store_true",
+        help="also start a local redis-server and clickhouse-server (REDIS_URL, CLICKHOUSE_URL for the daemons)",
+    )
     u.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
     u.add_argument("--log-dir", default=".run/up", help="daemon and server logs (default: .run/up)")
     u.set_defaults(func=cmd_up)

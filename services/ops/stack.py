@@ -1,8 +1,9 @@
 """A local stack: a broker launcher plus the three daemons as processes, logs in one folder.
 
 Used by ``livedata up`` (the stack in the foreground) and ``livedata demo`` (the stack plus a
-live view). Daemons get ``KAFKA_BOOTSTRAP_SERVERS`` (and ``REDIS_URL`` when a local Redis
-is started) and stop in reverse order on SIGTERM, then the servers.
+live view). With ``stores`` a local Redis and ClickHouse start too. Daemons get
+``KAFKA_BOOTSTRAP_SERVERS`` (and ``REDIS_URL``/``CLICKHOUSE_URL`` for the stores) and stop
+in reverse order on SIGTERM, then the servers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from services.ops.servers import LocalServer, RedisServer, make_broker
+from services.ops.servers import ClickHouseServer, LocalServer, RedisServer, make_broker
 from shared.config import AppConfig
 from shared.kafka import ensure_system_topics
 from shared.topics import Topics
@@ -29,12 +30,15 @@ class DaemonDied(Exception):
 class LocalStack:
     """Broker (``kafka`` or ``tansu``), optional Redis, and the three daemons."""
 
-    def __init__(self, config: AppConfig, broker_kind: str, log_dir: Path, with_redis: bool = False) -> None:
+    def __init__(self, config: AppConfig, broker_kind: str, log_dir: Path, stores: bool = False) -> None:
         self.config = config
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self.broker = make_broker(broker_kind, log_path=log_dir / "broker.log")
-        self.redis: RedisServer | None = RedisServer(log_path=log_dir / "redis.log") if with_redis else None
+        self.redis: RedisServer | None = RedisServer(log_path=log_dir / "redis.log") if stores else None
+        self.clickhouse: ClickHouseServer | None = (
+            ClickHouseServer(log_path=log_dir / "clickhouse.log") if stores else None
+        )
         self.procs: list[asyncio.subprocess.Process] = []
 
     @property
@@ -43,12 +47,14 @@ class LocalStack:
 
     @property
     def servers(self) -> list[LocalServer]:
-        return [s for s in (self.broker, self.redis) if s is not None]
+        return [s for s in (self.broker, self.redis, self.clickhouse) if s is not None]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=self.bootstrap_servers, PYTHONUNBUFFERED="1")
         if self.redis is not None:
             env["REDIS_URL"] = self.redis.url
+        if self.clickhouse is not None:
+            env["CLICKHOUSE_URL"] = self.clickhouse.url
         return env
 
     async def start(self) -> None:
@@ -114,10 +120,10 @@ async def _stop_process(proc: asyncio.subprocess.Process, timeout_s: float = 10.
 
 
 async def run_stack(
-    config: AppConfig, broker_kind: str, log_dir: Path, with_redis: bool, duration_s: float | None
+    config: AppConfig, broker_kind: str, log_dir: Path, stores: bool, duration_s: float | None
 ) -> int:
     """``livedata up``: run the stack until Ctrl-C/SIGTERM (or ``duration_s``)."""
-    stack = LocalStack(config, broker_kind, log_dir, with_redis)
+    stack = LocalStack(config, broker_kind, log_dir, stores)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,7 +131,10 @@ async def run_stack(
     rc = 0
     try:
         await stack.start()
-        print(f"KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap_servers}  (Ctrl-C stops everything)", flush=True)
+        env = stack.environment()
+        names = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL")
+        shown = " ".join(f"{k}={env[k]}" for k in names if k in env)
+        print(f"{shown}  (Ctrl-C stops everything)", flush=True)
         watcher = asyncio.create_task(stack.watch(), name="stack.watch")
         stop_wait = asyncio.create_task(stop.wait(), name="stack.stop")
         try:
