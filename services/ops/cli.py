@@ -9,6 +9,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
+from services.ops.servers.base import ServerError
 from shared.config import AppConfig, ConfigError, load_config
 from shared.runtime import run_async
 
@@ -46,17 +49,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_broker(args: argparse.Namespace) -> int:
     import signal
-    import threading
 
-    from services.ops.servers import TansuBroker
+    from services.ops.servers import make_broker
 
-    broker = TansuBroker(port=args.port).start()
-    print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}  (pid {broker.pid}; Ctrl-C stops)", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    done.wait()
-    broker.stop()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # delivered to sigwait below
+    broker = make_broker(args.broker, port=args.port).start()
+    print(broker.describe(), flush=True)
+    print(f"KAFKA_BOOTSTRAP_SERVERS={broker.address}  (Ctrl-C stops)", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})  # the launcher only waits for its stop
+    finally:
+        broker.close()
     return 0
 
 
@@ -163,8 +166,8 @@ async def _publish_and_wait(config: AppConfig, command: Any, topic: str, key: st
     kafka = config.livedata.kafka
     topics = Topics(config.livedata.topics.prefix)
     consumer = AIOKafkaConsumer(**consumer_options(kafka, "livedata-cli"))
-    await consumer.start()
     try:
+        await consumer.start()
         tps = await assign_all(consumer, topics.system_events)
         await consumer.seek_to_end(*tps)
         async with KafkaPublisher(kafka, "livedata-cli") as pub:
@@ -275,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--log-dir", default=".run/up", help="daemon and server logs (default: .run/up)")
     u.set_defaults(func=cmd_up)
 
-    b = sub.add_parser("broker", help="run the embedded Tansu broker in the foreground")
+    b = sub.add_parser("broker", help="run a local broker in the foreground (Tansu, or Apache Kafka)")
     b.add_argument("--port", type=int, default=9092)
+    b.add_argument("--broker", choices=["tansu", "kafka"], default="tansu", help=BROKER_HELP)
     b.set_defaults(func=cmd_broker)
 
     with_config(sub.add_parser("validate", help="validate a config directory, feeder settings included")).set_defaults(
@@ -318,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     args = build_parser().parse_args(argv)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its retries; we print the outcome
     try:
         return int(args.func(args))
     except ConfigError as e:
@@ -326,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except (KafkaError, ServerError, OSError) as e:  # broker or server trouble: one line, no traceback
+        print(f"livedata {args.cmd}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
