@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.ops.stack import DaemonDied, LocalStack
+from services.ops.stack import LocalStack
 from shared.client import LiveDataClient
 from shared.config import AppConfig
 from shared.dto import Bar, PriceUpdate, utcnow
@@ -104,13 +103,8 @@ async def run_demo(
     tty = sys.stdout.isatty()
     out = sys.stdout
     stack = LocalStack(config, broker_kind, log_dir)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    rc = 0
-    try:
-        await stack.start()
+    view = LiveView(symbols, tty)
+    async with stack.session() as stop:
         print(f"subscribing {len(symbols)} symbols", flush=True)
         client = LiveDataClient(
             stack.bootstrap_servers,
@@ -119,7 +113,6 @@ async def run_demo(
             topics=Topics(config.livedata.topics.prefix),
             lease_s=30.0,
         )
-        view = LiveView(symbols, tty)
         async with client:
             await client.replace(symbols)
 
@@ -139,34 +132,14 @@ async def run_demo(
                     await asyncio.sleep(period)  # screen refresh period
 
             async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(consume(), name="demo.consume"),
-                    tg.create_task(draw(), name="demo.draw"),
-                    tg.create_task(stack.watch(), name="demo.watch"),
-                ]
-                watcher = tasks[2]
-                stop_wait = asyncio.create_task(stop.wait(), name="demo.stop")
-                try:
-                    await asyncio.wait({stop_wait, watcher}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stop_wait.cancel()
+                tasks = [tg.create_task(consume(), name="demo.consume"), tg.create_task(draw(), name="demo.draw")]
+                healthy = await stack.serve(stop, duration_s)
                 for t in tasks:
                     t.cancel()
             await client.clear()
-        if view.first_tick_s is None:
-            print("no price arrived: see the daemon logs in " + str(log_dir), file=sys.stderr)
-            rc = 1
-        else:
-            ticks = sum(r.ticks for r in view.rows.values())
-            print(f"\nfirst tick after {view.first_tick_s:.1f}s; {ticks} ticks, {view.snapshots} snapshots")
-    except* DaemonDied:
-        rc = 1
-    finally:
-        print("stopping daemons ...", flush=True)
-        codes = await stack.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        print(f"stopped (exit codes {codes}); broker stopped", flush=True)
-        if any(codes):
-            rc = rc or 1
-    return rc
+    if view.first_tick_s is None:
+        print("no price arrived: see the daemon logs in " + str(log_dir), file=sys.stderr)
+        return 1
+    ticks = sum(r.ticks for r in view.rows.values())
+    print(f"first tick after {view.first_tick_s:.1f}s; {ticks} ticks, {view.snapshots} snapshots")
+    return 0 if healthy and not any(stack.exit_codes) else 1

@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from services.ops.servers import ClickHouseServer, LocalServer, RedisServer, make_broker
@@ -40,6 +41,7 @@ class LocalStack:
             ClickHouseServer(log_path=log_dir / "clickhouse.log") if stores else None
         )
         self.procs: list[asyncio.subprocess.Process] = []
+        self.exit_codes: list[int] = []
 
     @property
     def bootstrap_servers(self) -> str:
@@ -98,6 +100,35 @@ class LocalStack:
         print(f"\ndaemon exited unexpectedly: {', '.join(dead)}; see {self.log_dir}", file=sys.stderr)
         raise DaemonDied(", ".join(dead))
 
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[asyncio.Event]:
+        """Start everything; yield the stop event (set by SIGINT/SIGTERM); stop everything.
+        The daemons' exit codes are in ``exit_codes`` afterwards."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            yield stop
+        finally:
+            print("stopping ...", flush=True)
+            self.exit_codes = await self.stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            print(f"stopped (daemon exit codes {self.exit_codes})", flush=True)
+
+    async def serve(self, stop: asyncio.Event, duration_s: float | None) -> bool:
+        """Until ``stop``, ``duration_s`` or a daemon's death; False if a daemon died."""
+        watcher = asyncio.create_task(self.watch(), name="stack.watch")
+        stop_wait = asyncio.create_task(stop.wait(), name="stack.stop")
+        try:
+            await asyncio.wait({watcher, stop_wait}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (watcher, stop_wait):
+                t.cancel()
+        return not (watcher.done() and not watcher.cancelled() and watcher.exception() is not None)
+
     async def stop(self) -> list[int]:
         """Stop the daemons (reverse order), then the servers; the daemons' exit codes."""
         codes = [await _stop_process(p) for p in reversed(self.procs)]
@@ -124,32 +155,10 @@ async def run_stack(
 ) -> int:
     """``livedata up``: run the stack until Ctrl-C/SIGTERM (or ``duration_s``)."""
     stack = LocalStack(config, broker_kind, log_dir, stores)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    rc = 0
-    try:
-        await stack.start()
+    async with stack.session() as stop:
         env = stack.environment()
         names = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL")
         shown = " ".join(f"{k}={env[k]}" for k in names if k in env)
         print(f"{shown}  (Ctrl-C stops everything)", flush=True)
-        watcher = asyncio.create_task(stack.watch(), name="stack.watch")
-        stop_wait = asyncio.create_task(stop.wait(), name="stack.stop")
-        try:
-            await asyncio.wait({watcher, stop_wait}, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (watcher, stop_wait):
-                t.cancel()
-        if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
-            rc = 1
-    finally:
-        print("stopping ...", flush=True)
-        codes = await stack.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        print(f"stopped (daemon exit codes {codes})", flush=True)
-        if any(codes):
-            rc = rc or 1
-    return rc
+        healthy = await stack.serve(stop, duration_s)
+    return 0 if healthy and not any(stack.exit_codes) else 1
