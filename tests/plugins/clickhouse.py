@@ -14,21 +14,15 @@ import pytest
 from asynch import Connection
 
 from services.ops.servers import ClickHouseServer
+from tests.plugins.servers import session_server
 
 
 @pytest.fixture(scope="session")
 def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer | None]:
     """The session's ClickHouse process (None when ``CLICKHOUSE_URL`` names an external one)."""
-    if os.environ.get("CLICKHOUSE_URL"):
-        yield None
-        return
-    server = ClickHouseServer(data_dir=tmp_path_factory.mktemp("clickhouse"))
-    server.start()
-    print(f"\nclickhouse: {server.describe()}")
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from session_server(
+        "CLICKHOUSE_URL", lambda: ClickHouseServer(data_dir=tmp_path_factory.mktemp("clickhouse"))
+    )
 
 
 @pytest.fixture(scope="session")

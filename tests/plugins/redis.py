@@ -14,21 +14,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.ops.servers import RedisServer
+from tests.plugins.servers import session_server
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | None]:
     """The session's Redis process (None when ``REDIS_URL`` names an external one)."""
-    if os.environ.get("REDIS_URL"):
-        yield None
-        return
-    server = RedisServer(log_path=tmp_path_factory.mktemp("redis") / "redis.log")
-    server.start()
-    print(f"\nredis: {server.describe()}")
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from session_server("REDIS_URL", lambda: RedisServer(log_path=tmp_path_factory.mktemp("redis") / "redis.log"))
 
 
 @pytest.fixture(scope="session")
