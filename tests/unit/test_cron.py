@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -114,7 +115,7 @@ def test_fall_back_every_quarter_hour_fires_each_real_instant_once() -> None:
     utc = [f.astimezone(UTC) for f in fires]
     assert utc == sorted(set(utc))  # strictly increasing: no instant twice
     assert utc[0] == datetime(2026, 11, 1, 5, 0, tzinfo=UTC) and utc[-1] == datetime(2026, 11, 1, 7, 0, tzinfo=UTC)
-    assert all(b - a == timedelta(minutes=15) for a, b in zip(utc, utc[1:], strict=False))
+    assert all(b - a == timedelta(minutes=15) for a, b in itertools.pairwise(utc))
 
 
 @pytest.mark.parametrize(
