@@ -30,12 +30,13 @@ from services.datamanager.barstore import ClickHouseBars
 from services.datamanager.commands import CommandDesk
 from services.datamanager.interest import InterestRegistry
 from services.datamanager.quality import AlertGate
-from services.datamanager.state import DatamanagerState, MemoryState, RedisState
+from services.datamanager.state import ANSWERED, DatamanagerState, MemoryState, RedisState
 from shared.backoff import Backoff
 from shared.broker_watch import BrokerReturn
 from shared.config import AppConfig, DatamanagerSettings
 from shared.dto import (
     Bar,
+    CommandResult,
     ControlCommand,
     DecodeError,
     InterestUpdate,
@@ -80,7 +81,9 @@ class DataManager(Service):
             ignores={self.topics.market_data: (Bar,)},
         )
         self.dead = dead
-        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # where this process runs (host, pid namespace), its pid, a nonce: a restarted
+        # instance recognises the lease of a predecessor that died (_gone_local_holder)
+        self.instance_id = f"{_process_home()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.state: DatamanagerState = (
             RedisState(live.redis.url.get_secret_value(), s.redis_key_prefix)
             if live.redis.url is not None
@@ -263,8 +266,15 @@ class DataManager(Service):
             try:
                 if await self.state.acquire_active(self.instance_id, ttl):
                     return True
+                holder = await self.state.active_holder()
+                if holder is not None and _gone_local_holder(holder):
+                    # a predecessor SIGKILLed on this host: no need to wait out its lease
+                    # (compare-and-delete: a live instance's newer lease is left alone)
+                    await self.state.release_active(holder)
+                    log.warning("active lease of a process that is gone: taking it over", extra=kv(holder=holder))
+                    if await self.state.acquire_active(self.instance_id, ttl):
+                        return True
                 if not announced:
-                    holder = await self.state.active_holder()
                     self.role = "standby"
                     self.events.status("datamanager", "standby", instance=self.instance_id, active=holder)
                     announced = True
@@ -664,6 +674,7 @@ class DataManager(Service):
         consumer = self._assigned_consumer("commands")
         await consumer.start()
         ttl = self.settings.command_freshness_s * 2
+        skew = self.settings.max_clock_skew_s
         try:
             await _pin_start(consumer, await assign_all(consumer, self.topics.control_commands))
             self.commands_ready.set()
@@ -675,8 +686,11 @@ class DataManager(Service):
                 for rec, msg in await self.inbox.decode(batches):
                     cmd: ControlCommand = msg  # type: ignore[assignment]
                     try:
+                        if cmd.timestamp.timestamp() > time.time() + skew:
+                            # a command from the future would run now (never stale): refused
+                            raise ValueError(f"timestamp {cmd.timestamp.isoformat()} is ahead of the receive clock")
                         why_not = self.desk.should_run(cmd)
-                        if why_not is None and not await self.state.claim_command(cmd.correlation_id, ttl):
+                        if why_not is None and not await self._claim(cmd.correlation_id, ttl):
                             why_not = "answered_by_another_instance"
                         if why_not is not None:
                             if why_not != "other_target":
@@ -691,11 +705,60 @@ class DataManager(Service):
                             extra=kv(command=cmd.command, ok=result.ok, duration_ms=result.duration_ms),
                         )
                         await self.publisher.publish(self.topics.system_events, result, key=self.name)
+                        await self.state.command_answered(cmd.correlation_id, ttl)
                     except Exception as e:
                         await self._failed_record(rec, e)
                 await commit(consumer)
         finally:
             self.loops.retire("commands")
+            await consumer.stop()
+
+    async def _claim(self, correlation_id: str, ttl: float) -> bool:
+        """Claim answering a command; a claim left unanswered by a predecessor that died on
+        this host (SIGKILL between claim and answer) is taken over, not skipped."""
+        holder = await self.state.claim_command(correlation_id, self.instance_id, ttl)
+        if holder is not None and holder != ANSWERED and _gone_local_holder(holder):
+            # it may have died after publishing the answer, before marking it: look first
+            if await self._answer_published(correlation_id, ttl):
+                await self.state.command_answered(correlation_id, ttl)
+                return False
+            log.warning(
+                "command claimed by a process that is gone, unanswered: answering it",
+                extra=kv(correlation_id=correlation_id, holder=holder),
+            )
+            await self.state.drop_command_claim(correlation_id, holder)
+            holder = await self.state.claim_command(correlation_id, self.instance_id, ttl)
+        return holder is None
+
+    async def _answer_published(self, correlation_id: str, within_s: float) -> bool:
+        """Whether a command_result for ``correlation_id`` is on system.events (read from
+        ``within_s`` ago to the end; rare: only for a claim a dead predecessor left)."""
+        consumer = AIOKafkaConsumer(**consumer_options(self.kafka, f"{self.kafka.client_id}-dm-answers"))
+        await consumer.start()
+        try:
+            tps = await assign_all(consumer, self.topics.system_events)
+            ends = await consumer.end_offsets(tps)
+            since = int((time.time() - within_s) * 1000)
+            starts = await consumer.offsets_for_times(dict.fromkeys(tps, since))
+            for tp in tps:
+                found = starts.get(tp)
+                consumer.seek(tp, found.offset if found is not None else ends[tp])
+            needle = correlation_id.encode()
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                if not batches:
+                    break
+                for records in batches.values():
+                    for rec in records:
+                        if rec.value and needle in rec.value:
+                            msg = decode(rec.value)
+                            if isinstance(msg, CommandResult) and msg.correlation_id == correlation_id:
+                                return True
+            return False
+        except Exception as e:  # cannot tell: answering again beats not answering
+            log.warning("could not look for a published answer", extra=kv(error=repr(e)))
+            return False
+        finally:
             await consumer.stop()
 
     async def _bar_snapshot(self, cmd: ControlCommand) -> dict[str, Any]:
@@ -761,6 +824,35 @@ class DataManager(Service):
 
     async def _status(self, cmd: ControlCommand) -> dict[str, Any]:
         return {**self.health(), "rejected": dict(self.bars.rejected), "failed_records": dict(self.failed_records)}
+
+
+def _process_home() -> str:
+    """This host and pid namespace: where a pid in a lease holder's id can be checked."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid").removeprefix("pid:[").removesuffix("]")
+    except OSError:  # no /proc: never judge another holder's liveness
+        ns = uuid.uuid4().hex[:8]
+    return f"{socket.gethostname()}-{ns}"
+
+
+_HOME = _process_home()
+
+
+def _gone_local_holder(holder: str) -> bool:
+    """Whether a lease holder's id names a process of this host and pid namespace that no
+    longer exists (pid reuse by a live process errs on the safe side: it looks alive)."""
+    if not holder.startswith(_HOME + "-"):
+        return False
+    pid_s = holder[len(_HOME) + 1 :].partition("-")[0]
+    if not pid_s.isdigit() or int(pid_s) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_s), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, not ours to signal
+        return False
+    return False
 
 
 async def _pin_start(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:

@@ -72,8 +72,19 @@ class DatamanagerState(abc.ABC):
     async def load_latest(self, symbols: Iterable[str]) -> dict[str, PriceUpdate]: ...
 
     @abc.abstractmethod
-    async def claim_command(self, correlation_id: str, ttl_s: float) -> bool:
-        """True once per correlation id (across instances when durable)."""
+    async def claim_command(self, correlation_id: str, instance: str, ttl_s: float) -> str | None:
+        """Claim answering a command for ``instance``: None if it is ours (now or already),
+        else its holder (``ANSWERED`` once the answer is out). Once per correlation id
+        across instances when durable."""
+
+    @abc.abstractmethod
+    async def command_answered(self, correlation_id: str, ttl_s: float) -> None:
+        """Mark a claimed command answered: nobody claims it again."""
+
+    @abc.abstractmethod
+    async def drop_command_claim(self, correlation_id: str, holder: str) -> None:
+        """Drop ``holder``'s unanswered claim (a holder that died before answering); a
+        claim held by anyone else, or answered, stays."""
 
     @abc.abstractmethod
     async def acquire_active(self, instance: str, ttl_s: float) -> bool:
@@ -86,6 +97,9 @@ class DatamanagerState(abc.ABC):
     async def active_holder(self) -> str | None: ...
 
 
+ANSWERED = "answered"  # a command claim's value once its answer is published
+
+
 class MemoryState(DatamanagerState):
     """In this process only: one instance, nothing survives a restart."""
 
@@ -94,7 +108,7 @@ class MemoryState(DatamanagerState):
     def __init__(self) -> None:
         self._interest = InterestState()
         self._latest: dict[str, PriceUpdate] = {}
-        self._claimed: set[str] = set()
+        self._claimed: dict[str, str] = {}
 
     async def load_interest(self) -> InterestState:
         return InterestState(
@@ -119,13 +133,21 @@ class MemoryState(DatamanagerState):
     async def load_latest(self, symbols: Iterable[str]) -> dict[str, PriceUpdate]:
         return {s: t for s in symbols if (t := self._latest.get(s)) is not None}
 
-    async def claim_command(self, correlation_id: str, ttl_s: float) -> bool:
-        if correlation_id in self._claimed:
-            return False
+    async def claim_command(self, correlation_id: str, instance: str, ttl_s: float) -> str | None:
+        holder = self._claimed.get(correlation_id)
+        if holder is not None and holder != instance:
+            return holder
         if len(self._claimed) > 100_000:
             self._claimed.clear()
-        self._claimed.add(correlation_id)
-        return True
+        self._claimed[correlation_id] = instance
+        return None
+
+    async def command_answered(self, correlation_id: str, ttl_s: float) -> None:
+        self._claimed[correlation_id] = ANSWERED
+
+    async def drop_command_claim(self, correlation_id: str, holder: str) -> None:
+        if self._claimed.get(correlation_id) == holder:
+            del self._claimed[correlation_id]
 
     async def acquire_active(self, instance: str, ttl_s: float) -> bool:
         return True
@@ -238,9 +260,22 @@ class RedisState(DatamanagerState):
         values = await self.client.hmget(self._latest, names)
         return {s: _tick_decoder.decode(v) for s, v in zip(names, values, strict=True) if v is not None}
 
-    async def claim_command(self, correlation_id: str, ttl_s: float) -> bool:
-        ok = await self.client.set(f"{self.prefix}:answered:{correlation_id}", b"1", nx=True, ex=max(int(ttl_s), 1))
-        return bool(ok)
+    async def claim_command(self, correlation_id: str, instance: str, ttl_s: float) -> str | None:
+        key = f"{self.prefix}:answered:{correlation_id}"
+        if await self.client.set(key, instance.encode(), nx=True, ex=max(int(ttl_s), 1)):
+            return None
+        holder = await self.client.get(key)
+        if holder is None:  # expired between the two calls: try once more
+            ok = await self.client.set(key, instance.encode(), nx=True, ex=max(int(ttl_s), 1))
+            return None if ok else ANSWERED
+        value = holder.decode(errors="replace") if isinstance(holder, bytes) else str(holder)
+        return None if value == instance else value
+
+    async def command_answered(self, correlation_id: str, ttl_s: float) -> None:
+        await self.client.set(f"{self.prefix}:answered:{correlation_id}", ANSWERED.encode(), ex=max(int(ttl_s), 1))
+
+    async def drop_command_claim(self, correlation_id: str, holder: str) -> None:
+        await self.client.eval(_RELEASE, 1, f"{self.prefix}:answered:{correlation_id}", holder)
 
     async def acquire_active(self, instance: str, ttl_s: float) -> bool:
         ok = await self.client.eval(_RENEW, 1, self._active, instance, int(ttl_s * 1000))
