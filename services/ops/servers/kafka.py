@@ -215,7 +215,9 @@ class KafkaBroker(LocalServer):
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
         if (self.log_dir / "meta.properties").exists():
             return  # formatted before: a restart resumes on the same log
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id[0] in "-_":  # a leading '-' would read as an option to the storage tool
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             [
                 java,
