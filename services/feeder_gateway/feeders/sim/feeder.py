@@ -7,6 +7,7 @@ import random
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import Field
 
@@ -14,7 +15,7 @@ from services.feeder_gateway.feeders.base import Feeder
 from shared.config import Strict
 from shared.dto import PriceUpdate, utcnow
 from shared.sessions import trading_day
-from shared.symbols import Market
+from shared.symbols import MARKET_TIMEZONES, Market
 
 
 class SimSettings(Strict):
@@ -49,6 +50,14 @@ class _Walk:
     amount_cents: int  # day cumulative turnover, cents
     credit: float  # ticks owed
     day: object
+
+
+def traded_so_far(now: datetime, market: Market, ticks_per_s: float, lot: int) -> int:
+    """The shares a symbol has traded by ``now`` today at the sim's average rate (a trade's
+    size averages 10.5 lots): a pure function of the clock, so it survives restarts."""
+    local = now.astimezone(MARKET_TIMEZONES[market])
+    elapsed_s = local.hour * 3600 + local.minute * 60 + local.second
+    return int(elapsed_s * ticks_per_s * 10.5) * lot
 
 
 class SimFeeder(Feeder[SimSettings]):
@@ -112,9 +121,12 @@ class SimFeeder(Feeder[SimSettings]):
                     w.credit += per_step
                     if w.credit < 1.0:
                         continue
-                    if w.day != day:  # a new trading day: the day's figures restart
+                    if w.day != day:  # a new trading day (or a new symbol): the day's figures start
                         w.day, w.open, w.high, w.low = day, w.cents, w.cents, w.cents
-                        w.volume = w.amount_cents = 0
+                        # as if it had traded since midnight: a restarted gateway reports the
+                        # day's cumulative volume going on, not from zero, as a real source would
+                        w.volume = traded_so_far(now, market, s.ticks_per_s_per_symbol, lot)
+                        w.amount_cents = w.volume * w.cents
                     # integer cents: exact prices and cheap arithmetic on the hot path
                     while w.credit >= 1.0:
                         w.credit -= 1.0
