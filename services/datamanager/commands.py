@@ -39,9 +39,13 @@ class CommandDesk:
         if cmd.target not in ACCEPTED_TARGETS:
             return "other_target"
         now = now or utcnow()
-        if (now - cmd.timestamp).total_seconds() > self.freshness_s:
+        age_s = (now - cmd.timestamp).total_seconds()
+        if age_s > self.freshness_s:
             self.ignored_stale += 1
             return "stale"
+        if -age_s > self.freshness_s:  # stamped ahead of our clock by more than the window
+            self.ignored_stale += 1
+            return "from_the_future"
         if cmd.correlation_id in self._seen:
             self.ignored_duplicate += 1
             return "duplicate"
