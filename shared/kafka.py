@@ -334,6 +334,10 @@ class Inbox:
         self._accepts = {t: frozenset(types) for t, types in accepts.items()}
         self._ignores = {t: frozenset(types) for t, types in (ignores or {}).items()}
 
+    async def reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        """A record that decoded but cannot be applied: dead-letter it with the reason."""
+        await self._dead.send(record, reason)
+
     async def decode(
         self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> list[tuple[ConsumerRecord[bytes, bytes], Message]]:

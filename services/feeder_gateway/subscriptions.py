@@ -14,10 +14,10 @@ import logging
 import zlib
 from collections.abc import Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from shared.config import KafkaSettings, SymbolShard
-from shared.dto import Subscription
+from shared.dto import Message, Subscription
 from shared.kafka import Inbox, assign_all, at_end, consumer_options, fetch
 from shared.logs import kv
 from shared.metrics import ServiceMetrics
@@ -86,31 +86,38 @@ class SubscriptionWatcher:
             while not stop.is_set():
                 batches = await fetch(consumer, *tps, timeout_ms=200, max_records=1000)
                 if batches:
-                    self._on_messages(await self._inbox.messages(batches))
+                    await self._on_records(await self._inbox.decode(batches))
                 if not self.caught_up.is_set() and await at_end(consumer, tps):
                     self.caught_up.set()
                     log.info("subscriptions loaded", extra=kv(markets=len(self.desired)))
         finally:
             await consumer.stop()
 
-    def _on_messages(self, messages: Sequence[object]) -> None:
+    async def _on_records(self, records: Sequence[tuple[ConsumerRecord[bytes, bytes], Message]]) -> None:
         latest: dict[Market, frozenset[str]] = {}
-        for m in messages:
-            if isinstance(m, Subscription):
-                try:
-                    market = Market(m.market)
-                except ValueError:
-                    log.warning("subscription for unknown market ignored", extra=kv(market=m.market))
-                    continue
-                symbols, rejected = accepted_symbols(market, m.symbols, self._shard)
-                if rejected:
-                    self._rejected.labels(market.value).inc(len(rejected))
-                    log.warning(
-                        "subscribed symbols of no market (or another) rejected",
-                        extra=kv(market=market.value, count=len(rejected), symbols=rejected[:20]),
-                    )
-                latest[market] = symbols
+        last: dict[Market, ConsumerRecord[bytes, bytes]] = {}
+        for rec, m in records:
+            if not isinstance(m, Subscription):
+                continue
+            try:
+                market = Market(m.market)
+            except ValueError:
+                await self._inbox.reject(rec, f"subscription for unknown market {m.market[:20]!r}")
+                continue
+            symbols, rejected = accepted_symbols(market, m.symbols, self._shard)
+            if rejected:
+                self._rejected.labels(market.value).inc(len(rejected))
+                log.warning(
+                    "subscribed symbols of no market (or another) rejected",
+                    extra=kv(market=market.value, count=len(rejected), symbols=rejected[:20]),
+                )
+            latest[market] = symbols
+            last[market] = rec
         for market, symbols in latest.items():
             if self.desired.get(market) != symbols:
                 self.desired[market] = symbols
-                self._apply(market, symbols)
+                try:
+                    self._apply(market, symbols)
+                except Exception as e:  # one market's change must never stop the watcher
+                    log.exception("applying a subscription failed", extra=kv(market=market.value))
+                    await self._inbox.reject(last[market], f"applying failed: {type(e).__name__}: {e}")
