@@ -217,7 +217,7 @@ class DatamanagerSettings(ServiceSettings):
     max_lease_s: float = Field(86_400.0, gt=0)
     """Longest subscriber lease accepted; longer ones are cut to this."""
     max_clock_skew_s: float = Field(300.0, gt=0)
-    """Ticks and interest updates stamped further than this ahead of the receive clock are
+    """Ticks, interest updates and commands stamped further than this ahead of the receive clock are
     rejected (a tick dated 2100 must not freeze a symbol, a lease of 9999 never expire)."""
     late_tick_grace_s: float = Field(10.0, ge=0)
     """A tick older than its symbol's newest by at most this still counts (revising its

@@ -92,6 +92,24 @@ class _SymbolBars:
     minutes: array[float] = field(default_factory=lambda: array("d"))
 
 
+MAX_QUANTITY = 1e15
+"""Largest volume or turnover any source can mean (shares or currency, per day): a bigger
+one is a bad number, and taken in it would freeze the day's cumulative figures."""
+
+
+def _implausible(t: PriceUpdate, max_price: float) -> bool:
+    """A number no source can mean: a side or day price outside 0..max_price, a quantity
+    outside 0..MAX_QUANTITY (NaN fails both). One such tick is dropped, not folded: a day
+    high of 1e308 or a cumulative volume of 1e308 would stick for the rest of the day."""
+    for p in (t.high_price, t.low_price, t.open_price, t.bid_price, t.ask_price, t.prev_close):
+        if p is not None and not 0.0 <= p <= max_price:
+            return True
+    for q in (t.volume, t.amount, t.last_size, t.bid_volume, t.ask_volume):
+        if q is not None and not 0.0 <= q <= MAX_QUANTITY:
+            return True
+    return False
+
+
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -157,6 +175,8 @@ class BarAggregator:
         size = t.last_size
         if (volume is not None and not volume >= 0) or (size is not None and not size >= 0):
             return self._reject("negative_volume")
+        if _implausible(t, self.max_price):
+            return self._reject("bad_number")
         if t.snapshot:
             return self._reject("snapshot_replay")  # our own replay of a latest price
         symbol = t.symbol

@@ -28,6 +28,7 @@ from prometheus_client import Histogram
 from services.datamanager.bars import BarAggregator, row_bar
 from services.datamanager.barstore import ClickHouseBars
 from services.datamanager.commands import CommandDesk
+from services.datamanager.deadletters import PipelinedDeadLetters
 from services.datamanager.interest import InterestRegistry
 from services.datamanager.quality import AlertGate
 from services.datamanager.state import ANSWERED, DatamanagerState, MemoryState, RedisState
@@ -46,7 +47,7 @@ from shared.dto import (
     decode,
     utcnow,
 )
-from shared.kafka import DeadLetters, Inbox, assign_all, at_end, commit, consumer_options, fetch
+from shared.kafka import Inbox, assign_all, at_end, commit, consumer_options, fetch
 from shared.logs import kv
 from shared.metrics import LATENCY_BUCKETS_S, add_callback_metric
 from shared.runtime import Service
@@ -69,7 +70,7 @@ class DataManager(Service):
         super().__init__(config, config.livedata.datamanager)
         live = config.livedata
         s = self.settings
-        dead = DeadLetters(self.publisher, self.topics, self.name, self.metrics)
+        dead = PipelinedDeadLetters(self.publisher, self.topics, self.name, self.metrics)
         self.inbox = Inbox(
             dead,
             self.metrics,
@@ -428,6 +429,7 @@ class DataManager(Service):
             await consumer.stop()
 
     async def _save_interest(self, offsets: dict[int, int], stop: asyncio.Event) -> None:
+        await self.dead.flush()  # the letters of what was read, then its offsets
         async with self._interest_lock:
             dirty = self.registry.take_dirty()
             revisions = {m.value: r for m, r in self._revision.items()}
@@ -665,6 +667,7 @@ class DataManager(Service):
             store.add(rows)
             if not await store.flush():
                 return False
+        await self.dead.flush()  # the letters of rejected records before their offsets
         # False: the next flush commits again
         return not positions or await commit(consumer, dict(positions))
 
@@ -696,18 +699,21 @@ class DataManager(Service):
                             if why_not != "other_target":
                                 log.info(
                                     "command ignored",
-                                    extra=kv(command=cmd.command, correlation_id=cmd.correlation_id, reason=why_not),
+                                    extra=kv(
+                                        command=cmd.command[:64], correlation_id=cmd.correlation_id[:64], reason=why_not
+                                    ),
                                 )
                             continue
                         result = await self.desk.execute(cmd)
                         log.info(
                             "command done",
-                            extra=kv(command=cmd.command, ok=result.ok, duration_ms=result.duration_ms),
+                            extra=kv(command=cmd.command[:64], ok=result.ok, duration_ms=result.duration_ms),
                         )
                         await self.publisher.publish(self.topics.system_events, result, key=self.name)
                         await self.state.command_answered(cmd.correlation_id, ttl)
                     except Exception as e:
                         await self._failed_record(rec, e)
+                await self.dead.flush()  # their letters first, then the offsets
                 await commit(consumer)
         finally:
             self.loops.retire("commands")
