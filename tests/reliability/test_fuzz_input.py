@@ -26,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import strategies as st
 
-from shared.dto import Bar, CommandResult, DeadLetter, Subscription, utcnow
+from shared.dto import Bar, CommandResult, DeadLetter, PriceUpdate, Subscription, utcnow
 from tests.daemons import System
 from tests.helpers import TopicReader, eventually
 from tests.reliability.fuzz_messages import (
@@ -197,12 +197,13 @@ SUBSCRIPTIONS = message_mistakes(
 )
 
 
-def huge_records(base: dict[str, Any], field: str) -> list[Record]:
-    """A few ~1 MB values: a field carrying a megabyte it must not have."""
+def huge_records(base: dict[str, Any], field: str, tag_bytes: int = 1_000_000) -> list[Record]:
+    """A few ~1 MB values: a field carrying a megabyte it must not have, and an unknown
+    ``type`` of ``tag_bytes`` (the decoder quotes it whole in its error message)."""
     return [
         (b"fuzz", huge_payload(base, field, lambda n: "A" * n), "~1 MB value"),
         (b"fuzz", huge_payload(base, field, lambda n: ["X" * 40] * (n // 45)), "~1 MB value"),
-        (b"fuzz", b'{"type": "' + b"x" * 900_000 + b'"}', "~1 MB value"),
+        (b"fuzz", b'{"type": "' + b"x" * tag_bytes + b'"}', "~1 MB value"),
     ]
 
 
@@ -438,3 +439,93 @@ def _sample(metrics_text: str, name: str) -> float:
 
 async def _ge(value: Any, n: float) -> bool:
     return bool(await value >= n)
+
+
+# -- the gateway -----------------------------------------------------------------------
+
+FINAL = {"CN": ["600100.SH", "000001.SZ"], "HK": ["00700.HK"], "US": ["AAPL", "MSFT"]}
+ALL_FINAL = {s for symbols in FINAL.values() for s in symbols}
+# Subscriptions that decode but break the gateway's rules: a market it does not know
+# (dead-lettered) and symbols of no market, which by design are skipped without a dead
+# letter (counted in livedata_gateway_symbols_rejected, the rest of the message applied)
+SKIPPED_CLASSES = ("gateway: symbol of no market",)
+
+
+def _subscription(market: str, symbols: list[str]) -> bytes:
+    return _encode({**subscription_base(), "market": market, "symbols": symbols})
+
+
+GATEWAY_SKIPPED = st.one_of(
+    st.sampled_from(["XX", "cn", "", "US ", "NOT A MARKET"]).map(
+        lambda m: ("gateway: unknown market", _subscription(m, ["600000.SH"]))
+    ),
+    st.tuples(st.sampled_from(list(FINAL)), st.sampled_from(["foo.bar", "NOT A SYMBOL", "600000.XX", "1.2.3"])).map(
+        lambda f: ("gateway: symbol of no market", _subscription(f[0], [*FINAL[f[0]], f[1]]))
+    ),
+)
+
+
+async def test_gateway_survives_fuzzed_subscriptions(kafka_bootstrap: str, tmp_path: Path) -> None:
+    rng = random.Random(SEED + 1)
+    started = time.monotonic()
+    bad_subs = collect(SUBSCRIPTIONS, BAD_PER_TOPIC)
+    skipped = collect(GATEWAY_SKIPPED, 300)
+    generated_s = time.monotonic() - started
+    valid: list[Record] = [
+        (m.encode(), _subscription(m, symbols), "valid") for _ in range(20) for m, symbols in FINAL.items()
+    ]
+    rejected_symbols_sent = sum(1 for cls, _ in skipped if cls == "gateway: symbol of no market")
+    unknown_markets_sent = len(skipped) - rejected_symbols_sent
+
+    async with System(tmp_path, kafka_bootstrap, names=("gateway",)) as system:
+        t = system.topics
+        records = shuffled(bad_subs + skipped, valid, rng)
+        # the last word per market is a valid subscription (last value wins)
+        records += [(m.encode(), _subscription(m, symbols), "valid") for m, symbols in FINAL.items()]
+        records += huge_records(subscription_base(), "symbols")
+        bad = count_bad(records)
+        want = sum(n for cls, n in bad.items() if cls not in SKIPPED_CLASSES)
+        gw = system["gateway"]
+        async with (
+            TopicReader(kafka_bootstrap, t.deadletter) as dead,
+            TopicReader(kafka_bootstrap, t.market_data) as market,
+        ):
+            sent_at = time.monotonic()
+            produce_s = await produce(kafka_bootstrap, t.subscriptions, records)
+
+            def letters() -> int:
+                return sum(1 for d in dead.of_type(DeadLetter) if d.source_topic == t.subscriptions)
+
+            try:
+                await eventually(lambda: letters() >= want, timeout_s=45, interval_s=0.2, what="dead letters")
+            except AssertionError:
+                raise AssertionError(f"{letters()} dead letters, want {want}") from None
+            handled_s = time.monotonic() - sent_at
+
+            def ticked() -> set[str]:
+                return {m.symbol for m in market.messages if isinstance(m, PriceUpdate)}
+
+            mark = len(market.messages)
+            await eventually(lambda: ticked() >= ALL_FINAL, timeout_s=20, what="ticks of every subscribed symbol")
+            # ticks published once every subscription is read: only the final symbols
+            await eventually(lambda: len(market.messages) > mark + 200, timeout_s=10, what="more ticks")
+            recent = {m.symbol for m in market.messages[mark:] if isinstance(m, PriceUpdate)}
+            assert await gw.ready(), "gateway not ready after the fuzz"
+            text = await gw.get("/metrics")
+            final_letters = letters()
+            ever_ticked = ticked()
+    rejected = labelled(text, "livedata_gateway_symbols_rejected")
+    print(
+        f"\ngenerated {len(bad_subs) + len(skipped)} bad subscriptions in {generated_s:.1f}s; sent {len(records)}"
+        f" ({sum(bad.values())} bad, {len(records) - sum(bad.values())} valid) in {produce_s:.1f}s; dead-lettered"
+        f" {final_letters} of the {want} it must dead-letter, in {handled_s:.1f}s after sending; bad by class:"
+        f" {dict(sorted(bad.items()))}"
+    )
+    print(
+        f"- of them {unknown_markets_sent} for unknown markets (dead-lettered); skipped by design"
+        f" {rejected_symbols_sent} with a symbol of no market (rejected symbols counted: {dict(rejected)});"
+        f" symbols ticked {sorted(ever_ticked)}"
+    )
+    assert final_letters == want
+    assert sum(rejected.values()) == rejected_symbols_sent
+    assert ever_ticked == ALL_FINAL and recent <= ALL_FINAL
