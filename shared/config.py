@@ -506,6 +506,10 @@ def load_config(directory: Path | str | None = None, env: Mapping[str, str] | No
     for name, values in raw_secure.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{d / SECURE_FILE}: {name}: expected a mapping of secret settings")
+        for k, v in values.items():
+            # a list or mapping would become its repr; the value itself is never echoed
+            if isinstance(v, bool) or not isinstance(v, str | int | float):
+                raise ConfigError(f"{d / SECURE_FILE}: {name}.{k}: expected a string, got {type(v).__name__}")
         secrets[str(name)] = {str(k): SecretStr(str(v)) for k, v in values.items()}
     names = [e.source_name for ms in sources.markets.values() for e in ms.sources]
     for name in secrets:

@@ -30,6 +30,7 @@ from services.tasktimer.clock import Clock, as_clock
 from services.tasktimer.cron import fire_id, horizon_note, missed, next_fire
 from services.tasktimer.jobs import load_jobs
 from services.tasktimer.store import FireStore, MemoryFireStore, RedisFireStore
+from shared.backoff import Backoff
 from shared.config import TASK_TIMER_FILE, AppConfig, ConfigError, JobSettings, TasktimerSettings
 from shared.dto import ControlCommand, utcnow
 from shared.logs import kv
@@ -71,6 +72,7 @@ class TaskTimer(Service):
         self.grace = timedelta(seconds=self.settings.misfire_grace_s)
         self.jobs: dict[str, JobSettings] = {j.name: j for j in config.task_timer.jobs if j.enabled}
         self.next_fires: dict[str, datetime] = {}
+        self.store_up = False  # the fire store answered (readiness)
         self._wake = asyncio.Event()
         self._reload_requested = False
         self.reloads_on_sighup = False
@@ -92,7 +94,39 @@ class TaskTimer(Service):
     # -- health ------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        return self.broker_ok, {"broker": self.broker_ok, "jobs": len(self.jobs), "shared_store": self.store.shared}
+        ready = self.broker_ok and self.store_up
+        return ready, {
+            "broker": self.broker_ok,
+            "store": self.store_up,
+            "jobs": len(self.jobs),
+            "shared_store": self.store.shared,
+        }
+
+    async def _start_store(self, stop: asyncio.Event) -> bool:
+        """Reach the fire store (Redis) with backoff, not ready meanwhile; False if ``stop``
+        came first. A Redis that is down or refuses redis.url's credentials is logged once
+        per kind of error and retried: it is no crash and no traceback."""
+        backoff = Backoff(base_s=0.2, cap_s=5.0)
+        logged: str | None = None
+        while not stop.is_set():
+            try:
+                await self.store.start()
+            except Exception as e:
+                kind = type(e).__name__
+                if kind != logged:
+                    logged = kind
+                    log.error(
+                        "redis not usable (check redis.url in livedata.yml), retrying",
+                        extra=kv(error=repr(e)[:200]),
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff.next_delay())
+                continue
+            if logged is not None:
+                log.info("redis usable again")
+            self.store_up = True
+            return True
+        return False
 
     def health(self) -> dict[str, Any]:
         return {
@@ -283,10 +317,15 @@ class TaskTimer(Service):
             await self.stop_kafka()
             return
         try:
-            await self.store.start()
+            store_up = await self._start_store(stop)
         except BaseException:
             await self.stop_kafka()
             raise
+        if not store_up:  # stopped before Redis answered
+            with contextlib.suppress(Exception):
+                await self.store.stop()
+            await self.stop_kafka()
+            return
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
