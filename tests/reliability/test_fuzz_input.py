@@ -14,21 +14,40 @@ The processes must stay alive and ready.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import strategies as st
 
+from services.feeder_gateway.feeders.tencent.parse import parse_line
 from shared.dto import Bar, CommandResult, DeadLetter, PriceUpdate, Subscription, utcnow
 from tests.daemons import System
 from tests.helpers import TopicReader, eventually
+from tests.reliability import fuzz_frames
+from tests.reliability.fuzz_frames import (
+    FIXTURES,
+    MB,
+    AlpacaPath,
+    EastMoneySnapshotPath,
+    EastMoneySsePath,
+    Frame,
+    FushuPath,
+    Outcome,
+    ProviderRefusal,
+    TencentPath,
+    byte_mutations,
+    document_mutations,
+)
 from tests.reliability.fuzz_messages import (
     FAR_FUTURE,
     HUGE,
@@ -529,3 +548,151 @@ async def test_gateway_survives_fuzzed_subscriptions(kafka_bootstrap: str, tmp_p
     assert final_letters == want
     assert sum(rejected.values()) == rejected_symbols_sent
     assert ever_ticked == ALL_FINAL and recent <= ALL_FINAL
+
+
+# -- provider frames, through each feeder's parse path -------------------------------------
+
+FRAMES_PER_FEEDER = 10_000
+# malformed by construction, so counted exactly. Not for EastMoney an invalid UTF-8 byte:
+# msgspec skips the envelope keys it does not read (rt, svr, dlmkts) without validating
+# them, so a bad byte there goes unseen (the quote itself is read whole and is clean)
+CERTAIN = ("truncated", "invalid byte spliced in")
+
+
+def _line_mutations(lines: list[str]) -> st.SearchStrategy[Frame]:
+    """A Tencent quote line with a field replaced, fields dropped or added, or re-encoded."""
+    values = st.sampled_from(["", "abc", "-", "1e308", "-1e308", "nan", "inf", "-1", "0", "9" * 40, "~", '"', "=;"])
+
+    @st.composite
+    def mutate(draw: st.DrawFn) -> Frame:
+        line = draw(st.sampled_from(lines))
+        head, _, rest = line.partition('="')
+        fields = rest.removesuffix('";').split("~")
+        how = draw(st.sampled_from(["replace", "replace", "drop", "extra"]))
+        if how == "replace":
+            fields[draw(st.integers(0, len(fields) - 1))] = draw(values)
+        elif how == "drop":
+            del fields[draw(st.integers(0, len(fields) - 1)) :]
+        else:
+            fields += draw(st.lists(values, min_size=1, max_size=5))
+        return f"field {how}", f'{head}="{"~".join(fields)}";'.encode("gbk", errors="replace")
+
+    return mutate()
+
+
+def _certain(seeds: list[bytes], invalid_byte: bytes | None) -> st.SearchStrategy[Frame]:
+    @st.composite
+    def truncated(draw: st.DrawFn) -> Frame:
+        raw = draw(st.sampled_from(seeds))
+        return "truncated", raw[: draw(st.integers(min_value=1, max_value=len(raw) - 2))]
+
+    @st.composite
+    def spliced(draw: st.DrawFn) -> Frame:
+        assert invalid_byte is not None
+        raw = draw(st.sampled_from(seeds))
+        at = draw(st.integers(min_value=0, max_value=len(raw)))
+        return "invalid byte spliced in", raw[:at] + invalid_byte + raw[at:]
+
+    return st.one_of(truncated(), spliced()) if invalid_byte is not None else truncated()
+
+
+def _feeder_cases() -> dict[str, tuple[Callable[[Outcome], Any], st.SearchStrategy[Frame], list[Frame]]]:
+    alpaca = fuzz_frames.alpaca_seeds()
+    alpaca_json = [_encode(f) for f in alpaca]
+    alpaca_packed = [msgpack.packb(f) for f in alpaca]
+    sse = fuzz_frames.eastmoney_sse_seeds()
+    sse_docs = [json.loads(s) for s in sse]
+    snap_int = (FIXTURES / "eastmoney" / "ulist_keyed_int.json").read_bytes()
+    fushu_doc = fuzz_frames.fushu_seed()
+    fushu_raw = _encode(fushu_doc)
+    fushu_polled = {item["symbol"] for item in fushu_doc["data"] if isinstance(item, dict)}
+    lines = fuzz_frames.tencent_seed_lines()
+    tencent_raw = [line.encode("gbk") for line in lines]
+    tencent_keys = {parse_line(line)[0] for line in lines}
+
+    def mb_json(doc: Any) -> list[Frame]:
+        return [("~1 MB", _encode({"pad": "A" * MB, "doc": doc})), ("~1 MB", b"[" + b"1," * (MB // 2) + b"1]")]
+
+    return {
+        "alpaca json": (
+            lambda out: AlpacaPath(out, use_msgpack=False),
+            st.one_of(document_mutations(alpaca), byte_mutations(alpaca_json), _certain(alpaca_json, b"\xff")),
+            mb_json(alpaca[0]),
+        ),
+        "alpaca msgpack": (
+            lambda out: AlpacaPath(out, use_msgpack=True),
+            st.one_of(
+                document_mutations(alpaca, msgpack.packb), byte_mutations(alpaca_packed), _certain(alpaca_packed, None)
+            ),
+            [("~1 MB", msgpack.packb([{"T": "t", "S": "AAPL", "pad": "A" * MB}])), ("~1 MB", b"\xdd\xff\xff\xff\xff")],
+        ),
+        "eastmoney sse event": (
+            EastMoneySsePath,
+            st.one_of(document_mutations(sse_docs), byte_mutations(sse), _certain(sse, None)),
+            mb_json(sse_docs[0]),
+        ),
+        "eastmoney snapshot": (
+            lambda out: EastMoneySnapshotPath(out, decimal=False),
+            st.one_of(
+                document_mutations([json.loads(snap_int)]), byte_mutations([snap_int]), _certain([snap_int], None)
+            ),
+            mb_json(json.loads(snap_int)),
+        ),
+        "fushu": (
+            lambda out: FushuPath(out, fushu_polled),
+            st.one_of(document_mutations([fushu_doc]), byte_mutations([fushu_raw]), _certain([fushu_raw], b"\xff")),
+            mb_json(fushu_doc),
+        ),
+        "tencent": (
+            lambda out: TencentPath(out, tencent_keys),
+            st.one_of(_line_mutations(lines), byte_mutations(tencent_raw), _certain(tencent_raw, b"\xff")),
+            [("~1 MB", tencent_raw[0][:-2] + b"~" * MB + b'";'), ("~1 MB", b'v_r_hk00700="' + b"\x81" * MB)],
+        ),
+    }
+
+
+FEEDERS = ["alpaca json", "alpaca msgpack", "eastmoney sse event", "eastmoney snapshot", "fushu", "tencent"]
+
+
+@pytest.mark.parametrize("feeder", FEEDERS)
+def test_feeder_parse_paths_survive_malformed_frames(feeder: str) -> None:
+    make_path, strategy, huge = _feeder_cases()[feeder]
+    started = time.monotonic()
+    frames = fuzz_frames.collect(strategy, FRAMES_PER_FEEDER - len(huge)) + huge
+    generated_s = time.monotonic() - started
+    out = Outcome()
+    path = make_path(out)
+    escaped: list[tuple[str, bytes, BaseException]] = []
+    per_class: dict[str, Counter[str]] = {}
+    started = time.monotonic()
+    for cls, raw in frames:
+        before, ticks_before = out.malformed_total, len(out.ticks)
+        try:
+            path.feed(raw)
+            verdict = (
+                "malformed" if out.malformed_total > before else "ticks" if len(out.ticks) > ticks_before else "none"
+            )
+        except ProviderRefusal:
+            out.refusals += 1
+            verdict = "malformed, refused" if out.malformed_total > before else "refused"
+        except Exception as e:  # an exception the feeder would not catch: the bug this test is for
+            escaped.append((cls, raw[:200], e))
+            verdict = "ESCAPED"
+        per_class.setdefault(cls, Counter())[verdict] += 1
+    parse_s = time.monotonic() - started
+    insane = out.insane_ticks()
+    certain = sum(sum(c.values()) for cls, c in per_class.items() if cls in CERTAIN)
+    certain_malformed = sum(
+        n for cls, c in per_class.items() if cls in CERTAIN for v, n in c.items() if v.startswith("malformed")
+    )
+    print(
+        f"\n{feeder}: {len(frames)} malformed frames (generated in {generated_s:.1f}s, parsed in {parse_s:.2f}s);"
+        f" escaped {len(escaped)}; malformed counted {out.malformed_total} ({dict(sorted(out.malformed.items()))});"
+        f" refused {out.refusals}; ticks {len(out.ticks)} ({len(insane)} with an impossible price);"
+        f" malformed by construction {certain}, counted {certain_malformed}"
+    )
+    for cls, c in sorted(per_class.items()):
+        print(f"- {cls}: {dict(sorted(c.items()))}")
+    assert not escaped, "\n".join(f"{cls}: {e!r} on {raw!r}" for cls, raw, e in escaped[:10])
+    assert certain_malformed == certain
+    assert not insane, insane[:5]
