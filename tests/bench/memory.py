@@ -74,8 +74,9 @@ async def _daemon_rss(ctx: BenchContext, duration_s: float, settle_s: float) -> 
         )
         ticks0 = await _ticks_out(gateway)
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in procs}
+        broker_label = f"broker ({'Apache Kafka JVM' if ctx.broker_kind == 'kafka' else 'Tansu'})"
         if ctx.broker_pid:
-            samples["broker (Tansu)"] = []
+            samples[broker_label] = []
         started = time.monotonic()
         next_sample = started
         while True:
@@ -83,7 +84,7 @@ async def _daemon_rss(ctx: BenchContext, duration_s: float, settle_s: float) -> 
             for name, d in procs.items():
                 samples[name].append((now - started, d.rss_mb()))
             if ctx.broker_pid:
-                samples["broker (Tansu)"].append((now - started, rss_mb(ctx.broker_pid)))
+                samples[broker_label].append((now - started, rss_mb(ctx.broker_pid)))
             if now - started >= duration_s:
                 break
             next_sample += 1.0
@@ -140,6 +141,7 @@ def _bar_state_mb(symbols: list[str], minutes: int, sample_every: int = 5) -> fl
                         low_price=9.9,
                     )
                 )
+            bars.drain()  # the service drains changed bars to the store once a second
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
