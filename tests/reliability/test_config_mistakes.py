@@ -165,6 +165,13 @@ CASES = [
         daemons=False,
     ),
     Case("secure.yml entry for no source", _secret_for_nobody, "secure.yml", "no-such-source"),
+    Case(
+        "secure.yml value of a wrong type",
+        _set("hk-fushu.api_key", ["a", "b"], "secure.yml"),
+        "secure.yml",
+        "hk-fushu.api_key",
+        daemons=False,
+    ),
     Case("bad cron", _jobs({**JOB, "cron": "61 * * * *"}), "task_timer.yml", "jobs.0.cron"),
     Case(
         "unknown timezone",
