@@ -48,10 +48,11 @@ class _JsonFormatter(_TextFormatter):
 class RepeatLimiter(logging.Filter):
     """Lets one record per (logger, message template) through every ``window_s``; the next
     one that passes says how many were suppressed. A broker outage makes aiokafka and our
-    retry loops log the same line many times a second: this keeps one line per state
-    change plus a periodic summary."""
+    retry loops log the same line many times a second, and a flood of bad frames or of
+    dead letters does the same in the feeders and the ``kafka`` logger (their counts are
+    in /metrics): this keeps one line per state change plus a periodic summary."""
 
-    def __init__(self, window_s: float = 30.0, prefixes: tuple[str, ...] = ("aiokafka", "kafka")) -> None:
+    def __init__(self, window_s: float = 30.0, prefixes: tuple[str, ...] = ("aiokafka", "kafka", "feeder")) -> None:
         super().__init__()
         self.window_s = window_s
         self.prefixes = prefixes

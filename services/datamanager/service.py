@@ -28,7 +28,6 @@ from prometheus_client import Histogram
 from services.datamanager.bars import BarAggregator, row_bar
 from services.datamanager.barstore import ClickHouseBars
 from services.datamanager.commands import CommandDesk
-from services.datamanager.deadletters import PipelinedDeadLetters
 from services.datamanager.interest import InterestRegistry
 from services.datamanager.quality import AlertGate
 from services.datamanager.state import ANSWERED, DatamanagerState, MemoryState, RedisState
@@ -47,7 +46,7 @@ from shared.dto import (
     decode,
     utcnow,
 )
-from shared.kafka import Inbox, assign_all, at_end, commit, consumer_options, fetch
+from shared.kafka import DeadLetters, Inbox, assign_all, at_end, commit, consumer_options, fetch
 from shared.logs import kv
 from shared.metrics import LATENCY_BUCKETS_S, add_callback_metric
 from shared.runtime import Service
@@ -70,7 +69,7 @@ class DataManager(Service):
         super().__init__(config, config.livedata.datamanager)
         live = config.livedata
         s = self.settings
-        dead = PipelinedDeadLetters(self.publisher, self.topics, self.name, self.metrics)
+        dead = DeadLetters(self.publisher, self.topics, self.name, self.metrics)
         self.inbox = Inbox(
             dead,
             self.metrics,
