@@ -46,15 +46,22 @@ def normalize(symbol: str) -> str:
     raise SymbolError(f"unknown symbol {symbol!r}: expected 600000.SH, 000001.SZ, 430047.BJ, 00700.HK or AAPL")
 
 
+_CANONICAL_HK = re.compile(r"^\d{5}\.HK$")
+
+
 def market_of(symbol: str) -> Market:
-    """The market of a canonical symbol (pure; call normalize() first on user input)."""
-    if symbol.endswith((".SH", ".SZ", ".BJ")):
+    """The market of a CANONICAL symbol (pure; call normalize() first on user input).
+
+    Anything not in canonical form (``1234567.SH``, ``700.HK``, ``aapl``) belongs to no
+    market: where symbols enter (subscriptions, interest, ticks) that is the check.
+    """
+    if _CN.match(symbol):
         return Market.CN
-    if symbol.endswith(".HK"):
+    if _CANONICAL_HK.match(symbol):
         return Market.HK
     if _US.match(symbol):
         return Market.US
-    raise SymbolError(f"symbol {symbol!r} belongs to no market")
+    raise SymbolError(f"symbol {symbol!r} belongs to no market (not a canonical symbol)")
 
 
 def group_by_market(symbols: set[str] | frozenset[str]) -> dict[Market, frozenset[str]]:

@@ -37,3 +37,9 @@ def test_group_by_market() -> None:
         Market.HK: frozenset({"00700.HK"}),
         Market.US: frozenset({"AAPL", "MSFT"}),
     }
+
+
+@pytest.mark.parametrize("not_canonical", ["1234567.SH", "700.HK", "aapl", "foo.bar", "600000.sh", ""])
+def test_only_canonical_symbols_belong_to_a_market(not_canonical: str) -> None:
+    with pytest.raises(SymbolError, match="belongs to no market"):
+        market_of(not_canonical)
