@@ -52,12 +52,17 @@ class _Walk:
     day: object
 
 
-def traded_so_far(now: datetime, market: Market, ticks_per_s: float, lot: int) -> int:
-    """The shares a symbol has traded by ``now`` today at the sim's average rate (a trade's
-    size averages 10.5 lots): a pure function of the clock, so it survives restarts."""
+NOMINAL_TRADES_PER_S = 2.0  # the rate behind the day's starting volume, whatever the tick rate
+
+
+def traded_so_far(now: datetime, market: Market, lot: int) -> int:
+    """The shares a symbol has traded by ``now`` today at a nominal rate (trade sizes
+    average 10.5 lots): a pure function of the clock, so a restart does not reset the day.
+    Nominal, not the configured tick rate: a benchmark's 100,000 ticks/s would otherwise
+    start the day at volumes no exchange reports."""
     local = now.astimezone(MARKET_TIMEZONES[market])
     elapsed_s = local.hour * 3600 + local.minute * 60 + local.second
-    return int(elapsed_s * ticks_per_s * 10.5) * lot
+    return int(elapsed_s * NOMINAL_TRADES_PER_S * 10.5) * lot
 
 
 class SimFeeder(Feeder[SimSettings]):
@@ -125,7 +130,7 @@ class SimFeeder(Feeder[SimSettings]):
                         w.day, w.open, w.high, w.low = day, w.cents, w.cents, w.cents
                         # as if it had traded since midnight: a restarted gateway reports the
                         # day's cumulative volume going on, not from zero, as a real source would
-                        w.volume = traded_so_far(now, market, s.ticks_per_s_per_symbol, lot)
+                        w.volume = traded_so_far(now, market, lot)
                         w.amount_cents = w.volume * w.cents
                     # integer cents: exact prices and cheap arithmetic on the hot path
                     while w.credit >= 1.0:
