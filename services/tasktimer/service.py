@@ -385,6 +385,12 @@ class TaskTimer(Service):
                             log.warning("instants coalesced", extra=kv(job=name, count=len(due)))
                         if now - due[-1] <= self.grace:
                             launch(job, due[-1])
+                        else:  # woken past the grace (clock stepped, loop stalled): say so
+                            self._skipped.labels(name).inc()
+                            log.warning(
+                                "instant missed by more than the grace, skipped",
+                                extra=kv(job=name, instant=due[-1].isoformat(), late_s=(now - due[-1]).total_seconds()),
+                            )
                         pending[name] = next_fire(job, now)
                 self._stopping.set()
                 await cancel_and_wait(list(fires))
