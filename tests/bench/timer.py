@@ -1,11 +1,13 @@
 """Timer lateness: scheduled instant → command on the topic, over 60 instants.
 
 Cron instants are a minute apart; 60 of them in real time would take an hour. The
-TaskTimer runs in process with an injected clock that reads the wall clock plus an
-offset, and the offset jumps forward whenever the next whole minute is more than
-``lead_s`` away: every instant is then ``lead_s`` of real waiting ahead, and the timer
-waits for it exactly as it would for a real one (``wait_for`` on its stop event with the
-computed delay). The real moment of each instant is recorded when the jump sets it up;
+TaskTimer runs in process with an injected clock (a tasktimer ``Clock``) that reads the
+wall clock plus an offset, and the offset jumps forward when the timer is about to wait
+for a whole minute more than ``lead_s`` away: every instant is then ``lead_s`` of real
+waiting ahead, and the timer waits for it exactly as it would for a real one
+(``wait_for`` on its wake event with the delay the clock converts to real seconds), then
+reads the clock, finds the instant due within its misfire grace and fires it. The real
+moment of each instant is recorded when the wait for it is set up;
 lateness is the arrival of the command at a consumer here (the client SDK's fetch
 settings) minus that moment. The baseline: a coroutine that sleeps until the same kind
 of instant and sends one message with a plain AIOKafkaProducer to the same consumer.
@@ -14,13 +16,13 @@ of instant and sends one message with a plain AIOKafkaProducer to the same consu
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from services.tasktimer.clock import Clock
 from services.tasktimer.service import TaskTimer
 from shared.dto import ControlCommand, decode, encode, utcnow
 from shared.kafka import producer_options
@@ -33,26 +35,52 @@ NEEDS_BROKER = True
 TARGET_P99_MS = 50.0
 
 
-class JumpingClock:
-    """Wall clock + an offset that jumps so the next whole minute is at most ``lead_s`` away.
+class JumpingClock(Clock):
+    """Wall clock + an offset that jumps so that the whole minute the timer is about to
+    wait for is ``lead_s`` of real time away.
 
-    ``real_at[instant]`` is the wall-clock time (epoch s) at which the fake clock reaches
-    ``instant``; no jump happens between setting it up and reaching it.
+    The jump is set up in ``real_seconds`` (the timer's "how long does this wait last in
+    real time", asked just before it waits), never on a read of ``now``: the timer reads
+    ``now`` again after waking, to see what is due and whether it is within the misfire
+    grace, and a clock that jumped on that read made every instant look a minute late
+    (missed beyond the grace: not fired). Only a wait that ends on a whole minute and is
+    longer than ``lead_s`` jumps; any other (a publish deadline within the grace) runs at
+    the real pace. The jump takes effect ``lead_s / 2`` after it is set up, so the fire
+    just launched (it runs after the timer has set up its next wait) still sees the time
+    of its instant, as under a wall clock. ``real_at[instant]`` is the wall-clock time
+    (epoch s) at which the clock reaches ``instant``; no other jump happens between
+    setting it up and reaching it.
     """
 
     def __init__(self, lead_s: float) -> None:
         self.lead_s = lead_s
         self.offset = 0.0
+        self._jump: tuple[float, float] | None = None  # (real moment, offset from then)
         self.real_at: dict[datetime, float] = {}
 
-    def __call__(self) -> datetime:
-        fake = time.time() + self.offset
-        boundary = (math.floor(fake / 60.0) + 1) * 60.0
-        if boundary - fake > self.lead_s:
-            self.offset += boundary - fake - self.lead_s
-            fake = boundary - self.lead_s
-            self.real_at[datetime.fromtimestamp(boundary, UTC)] = boundary - self.offset
-        return datetime.fromtimestamp(fake, UTC)
+    def _offset(self, real: float) -> float:
+        if self._jump is not None and real >= self._jump[0]:
+            self.offset = self._jump[1]
+            self._jump = None
+        return self.offset
+
+    def now(self) -> datetime:
+        real = time.time()
+        return datetime.fromtimestamp(real + self._offset(real), UTC)
+
+    def real_seconds(self, schedule_s: float) -> float:
+        real = time.time()
+        target = real + self._offset(real) + schedule_s
+        boundary = round(target / 60.0) * 60.0
+        if abs(target - boundary) > 0.05:
+            return schedule_s
+        instant = datetime.fromtimestamp(boundary, UTC)
+        if schedule_s <= self.lead_s:  # close enough already (the first wait, an early wake)
+            self.real_at.setdefault(instant, boundary - self.offset)
+            return schedule_s
+        self._jump = (real + self.lead_s / 2, boundary - (real + self.lead_s))
+        self.real_at[instant] = real + self.lead_s
+        return self.lead_s
 
 
 class _Arrivals:
