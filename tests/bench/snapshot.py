@@ -16,10 +16,9 @@ import time
 import uuid
 from typing import Any
 
-import msgspec
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from shared.dto import Bar, CommandResult, ControlCommand, InterestUpdate, PriceUpdate, decode, encode, utcnow
+from shared.dto import Bar, CommandResult, ControlCommand, InterestUpdate, decode, encode, utcnow
 from shared.kafka import producer_options
 from shared.symbols import Market
 from shared.topics import Topics
@@ -99,26 +98,6 @@ class _Commander:
             timestamp=utcnow(),
         )
         await self._producer.send_and_wait(self._topics.interest_updates, encode(update), key=b"bench/snapshot")
-
-
-def _from_zero(ticks: list[PriceUpdate]) -> list[PriceUpdate]:
-    """The ticks with each symbol's day volume and turnover counted from its first tick.
-
-    The sim starts a symbol's cumulative figures at what it would have traded since local
-    midnight at its configured rate; at the full-speed rate the ticks are generated with
-    (100,000 ticks/s per symbol) that is ~7e12 shares by the evening, a turnover beyond
-    the datamanager's 1e15 plausibility bound for the dearer symbols, and such a tick is
-    rightly dropped as ``bad_number``. The sizes and prices stay as generated.
-    """
-    base: dict[str, tuple[float, float]] = {}
-    out: list[PriceUpdate] = []
-    for t in ticks:
-        if t.volume is None or t.amount is None or t.last_size is None:
-            out.append(t)
-            continue
-        v0, a0 = base.setdefault(t.symbol, (t.volume - t.last_size, t.amount - t.last_size * t.price))
-        out.append(msgspec.structs.replace(t, volume=t.volume - v0, amount=round(t.amount - a0, 2)))
-    return out
 
 
 async def _wait_for_bars(commander: _Commander, seen: _Observer, count: int) -> None:
@@ -232,7 +211,7 @@ async def run(ctx: BenchContext) -> list[Figure]:
     ):
         await commander.interest(symbols)
         # the sim's first step at full speed gives each symbol two ticks: 2 x SYMBOLS covers all
-        ticks = _from_zero(await sim_ticks(by_market, 2 * SYMBOLS))
+        ticks = await sim_ticks(by_market, 2 * SYMBOLS)
         await produce_raw(ctx, topics.market_data, encoded(ticks), "bench-loader")
         await _wait_for_bars(commander, seen, SYMBOLS)
         idle = await _rounds(commander, seen, [md_tap, ev_tap], rounds)
