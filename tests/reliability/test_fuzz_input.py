@@ -316,7 +316,10 @@ async def test_datamanager_survives_fuzzed_input(kafka_bootstrap: str, tmp_path:
         for s in TICK_SYMBOLS
     ]
 
-    async with System(tmp_path, kafka_bootstrap, names=("datamanager",)) as system:
+    # the messages are stamped relative to NOW, fixed when this module was imported, which
+    # may be minutes before this test runs in a full suite: keep the valid commands fresh
+    live = {"datamanager": {"command_freshness_s": 3600}}
+    async with System(tmp_path, kafka_bootstrap, names=("datamanager",), livedata=live) as system:
         t = system.topics
         plan = {
             t.interest_updates: shuffled(bad_interest, valid_interest, rng) + huge_records(interest_base(), "symbols"),
