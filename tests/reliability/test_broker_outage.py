@@ -185,10 +185,11 @@ async def test_broker_restart_mid_stream(broker: LocalServer, tmp_path: Path) ->
         if persistent:
             # nothing lost once it is back: a tick missing is one the gateway conflated, and counted
             assert settled_missing <= conflated_in_window
-        # On Tansu some runs show a hole of a few dozen steps for every symbol right after the
-        # restart, in the recreated topic itself (read back from the broker, so not the
-        # client's doing): the memory broker loses produces while its topics are recreated.
-        # Reported above, not asserted: the demo's broker, not the one the design promises on.
+        # On Tansu some runs show a hole of a few dozen steps for every symbol in the seconds
+        # after the restart, missing from the recreated topic itself (read back from the
+        # broker, so not the client's doing) and not in the gateway's conflated count. Not
+        # explained yet (produces racing the topics' re-creation is the suspect); reported
+        # above, asserted only on Apache Kafka, where the design promises no loss.
         if persistent:
             # nothing published before the stop is lost or run twice
             assert sorted(answers) == sorted(ids)
