@@ -41,7 +41,7 @@ from tests.helpers import eventually, publish, running
 NAME = "gateway_throughput"
 TITLE = "gateway publish throughput vs raw aiokafka"
 NEEDS_BROKER = True
-TARGET_RATIO = 0.8
+TARGET_RATIO = 1.5  # DESIGN.md: sustained publish >= 1.5 x raw aiokafka producing the same bytes
 
 SYMBOLS = tuple(f"{600000 + i:06d}.SH" for i in range(1000))
 
@@ -129,7 +129,7 @@ def _rounded(d: dict[str, Any]) -> dict[str, Any]:
 
 
 MAX_CONFLATED_SHARE = 0.01  # a rate counts as sustained when at most 1% of ticks were conflated
-OFFERED_FACTORS = (0.8, 1.0, 1.25, 1.5)  # offered load, as multiples of the raw baseline
+OFFERED_FACTORS = (0.8, 1.0, 1.25, 1.5, 1.75)  # offered load, as multiples of the raw baseline
 
 
 async def run(ctx: BenchContext) -> list[Figure]:
