@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import msgspec
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from services.feeder_gateway.feeders.alpaca.parse import FrameParser, decode_json, decode_msgpack
@@ -129,25 +129,6 @@ def byte_mutations(seeds: list[bytes]) -> st.SearchStrategy[Frame]:
     return st.one_of(truncated(), spliced(), garbage)
 
 
-def collect(strategy: st.SearchStrategy[Frame], count: int) -> list[Frame]:
-    """``count`` draws, the same on every run (derandomized hypothesis)."""
-    out: list[Frame] = []
-    per_example = 25
-
-    @settings(
-        max_examples=(count + per_example - 1) // per_example,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        phases=[Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    @given(st.lists(strategy, min_size=per_example, max_size=per_example))
-    def draw(batch: list[Frame]) -> None:
-        out.extend(batch)
-
-    draw()
-    return out[:count]
 
 
 # -- each feeder's parse path ----------------------------------------------------------

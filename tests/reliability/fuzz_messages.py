@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -144,9 +144,12 @@ def huge_payload(base: dict[str, Any], field: str, value: Callable[[int], Any]) 
     return _encode({**base, field: value(MB_PAD)})
 
 
-def collect(strategy: st.SearchStrategy[Bad], count: int) -> list[Bad]:
+T = TypeVar("T")
+
+
+def collect(strategy: st.SearchStrategy[T], count: int) -> list[T]:
     """``count`` draws of ``strategy``, the same on every run (derandomized hypothesis)."""
-    out: list[Bad] = []
+    out: list[T] = []
     per_example = 25
 
     @settings(
@@ -158,7 +161,7 @@ def collect(strategy: st.SearchStrategy[Bad], count: int) -> list[Bad]:
         suppress_health_check=list(HealthCheck),
     )
     @given(st.lists(strategy, min_size=per_example, max_size=per_example))
-    def draw(batch: list[Bad]) -> None:
+    def draw(batch: list[T]) -> None:
         out.extend(batch)
 
     draw()

@@ -661,7 +661,7 @@ FEEDERS = ["alpaca json", "alpaca msgpack", "eastmoney sse event", "eastmoney sn
 def test_feeder_parse_paths_survive_malformed_frames(feeder: str) -> None:
     make_path, strategy, huge = _feeder_cases()[feeder]
     started = time.monotonic()
-    frames = fuzz_frames.collect(strategy, FRAMES_PER_FEEDER - len(huge)) + huge
+    frames = collect(strategy, FRAMES_PER_FEEDER - len(huge)) + huge
     generated_s = time.monotonic() - started
     out = Outcome()
     path = make_path(out)
