@@ -7,14 +7,13 @@ and counted (events describe the system; ticks, bars and commands never go here)
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import deque
 from typing import Any
 
 from shared.dto import Alert, Status, SystemEvent, utcnow
 from shared.kafka import KafkaPublisher
 from shared.logs import kv
+from shared.outbox import Outbox
 
 log = logging.getLogger("events")
 
@@ -25,16 +24,14 @@ class SystemEvents:
     def __init__(self, service: str, topic: str, maxsize: int = 10_000) -> None:
         self.service = service
         self.topic = topic
-        self._buffer: deque[SystemEvent] = deque(maxlen=maxsize)
-        self._ready = asyncio.Event()
-        self._closed = False
-        self.dropped = 0
+        self._outbox: Outbox[SystemEvent] = Outbox(topic, lambda _: service, maxsize, drop="oldest")
+
+    @property
+    def dropped(self) -> int:
+        return self._outbox.dropped
 
     def emit(self, event: SystemEvent) -> None:
-        if len(self._buffer) == self._buffer.maxlen:
-            self.dropped += 1
-        self._buffer.append(event)
-        self._ready.set()
+        self._outbox.put(event)
 
     def status(self, component: str, state: str, **detail: Any) -> None:
         log.info("status", extra=kv(component=component, state=state, **detail))
@@ -57,17 +54,8 @@ class SystemEvents:
         )
 
     def close(self) -> None:
-        self._closed = True
-        self._ready.set()
+        self._outbox.close()
 
     async def run(self, publisher: KafkaPublisher) -> None:
         """Publish buffered events until closed and drained."""
-        while True:
-            while not self._buffer:
-                if self._closed:
-                    return
-                self._ready.clear()
-                await self._ready.wait()
-            batch = list(self._buffer)
-            self._buffer.clear()
-            await publisher.publish_many(self.topic, [(self.service, e) for e in batch])
+        await self._outbox.run(publisher)

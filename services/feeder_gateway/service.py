@@ -8,7 +8,6 @@ from typing import Any
 
 from prometheus_client import Histogram
 
-from services.feeder_gateway.corrections import CorrectionPublisher
 from services.feeder_gateway.feeders.base import CorrectionCallback, Feeder, FeederContext, FeederMetrics
 from services.feeder_gateway.feeders.registry import FEEDER_TYPES
 from services.feeder_gateway.feeders.wanted import WantedSymbols
@@ -17,11 +16,12 @@ from services.feeder_gateway.subscriptions import SubscriptionWatcher
 from services.feeder_gateway.tick_publisher import TickPublisher
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
 from shared.config import DATA_SOURCES_FILE, AppConfig, ConfigError, GatewaySettings, MarketSources, SourceEntry
-from shared.dto import Subscription
+from shared.dto import Subscription, TradeCorrection
 from shared.events import SystemEvents
 from shared.kafka import DeadLetters, Inbox
 from shared.logs import kv
 from shared.metrics import add_callback_metric
+from shared.outbox import Outbox
 from shared.runtime import Service
 from shared.symbols import Market
 
@@ -42,7 +42,11 @@ class FeederGateway(Service):
         live = config.livedata
         self.queue = ConflatingTickQueue(self.settings.queue_size)
         self.feeder_metrics = FeederMetrics(self.metrics)
-        self.corrections = CorrectionPublisher(self.publisher, self.topics.market_data)
+        # trade corrections and cancels: rare and each one matters, so not through the
+        # conflating tick queue; keyed by symbol like the ticks, dropped (counted) only when full
+        self.corrections: Outbox[TradeCorrection] = Outbox(
+            self.topics.market_data, lambda fix: fix.symbol, maxsize=10_000, drop="newest"
+        )
         self.feeds: dict[Market, MarketFeed] = self._build_feeds()
         inbox = Inbox(
             DeadLetters(self.publisher, self.topics, self.name, self.metrics),
@@ -149,7 +153,7 @@ class FeederGateway(Service):
             async with asyncio.TaskGroup() as tg:
                 events_task = tg.create_task(self.events.run(self.publisher), name="gateway.events")
                 publish_task = tg.create_task(self.tick_publisher.run(), name="gateway.publish")
-                corrections_task = tg.create_task(self.corrections.run(), name="gateway.corrections")
+                corrections_task = tg.create_task(self.corrections.run(self.publisher), name="gateway.corrections")
                 watcher_task = tg.create_task(self.watcher.run(feed_stop), name="gateway.subscriptions")
                 feed_tasks = [
                     tg.create_task(feed.run(feed_stop), name=f"gateway.feed.{m.value}")
