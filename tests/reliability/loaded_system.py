@@ -164,7 +164,7 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: 
         await admin.close()
 
 
-async def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of a topic, from the beginning up to its end offsets when called."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024
@@ -179,10 +179,15 @@ async def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> lis
         deadline = time.monotonic() + timeout_s
         while left:
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s}s reading {topic}")
+                positions = {tp.partition: await consumer.position(tp) for tp in left}
+                raise AssertionError(
+                    f"timed out after {timeout_s}s reading {topic}: positions {positions},"
+                    f" ends { {tp.partition: ends[tp] for tp in left} }"
+                )
             batches = await consumer.getmany(*left, timeout_ms=500, max_records=50_000)
             for tp, records in batches.items():
                 out.extend(r for r in records if r.offset < ends[tp])
+            for tp in list(left):  # every partition, fetched this time or not
                 if await consumer.position(tp) >= ends[tp]:
                     left.discard(tp)
         return out
