@@ -505,7 +505,7 @@ async def test_a_restart_of_the_same_feeder_reports_resubscribed_and_the_gap() -
 
 async def test_406_hold_outlives_a_restart_of_the_generator() -> None:
     sim = AlpacaSimulator(reap_window_s=0.8)
-    settings = {"connection_limit_wait_s": 1.0, "connection_limit_jitter_s": 0.2}
+    settings = {"connection_limit_wait_s": 1.6, "connection_limit_jitter_s": 0.2}
     async with sim:
         feeder, run = make_feeder(sim, **settings)
         feeder.set_symbols(frozenset({"AAPL"}))
