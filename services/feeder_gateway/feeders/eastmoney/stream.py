@@ -28,6 +28,7 @@ from services.feeder_gateway.feeders.eastmoney.request import RequestPacer, Rout
 from services.feeder_gateway.feeders.eastmoney.settings import EastMoneySettings
 from services.feeder_gateway.feeders.lifecycle import describe
 from shared.dto import PriceUpdate, utcnow
+from shared.tasks import cancel_and_wait
 
 
 def plan_requests(
@@ -133,14 +134,8 @@ class _Stream:
 
     async def stop(self) -> None:
         if self.task is not None:
-            await _cancel(self.task)
+            await cancel_and_wait([self.task])
         self.resp.close()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 _Item = list[PriceUpdate] | Exception
