@@ -69,12 +69,10 @@ class BrokerWatch:
         self._summary_every_s = summary_every_s
         self._client: AIOKafkaClient | None = None
         self._hooks: list[tuple[str, ReconnectHook]] = []
-        self._known_topics: set[str] = set()
         self.state = BrokerState.CONNECTING
         self.down_since: float | None = None
         self.outages = 0
         self.last_error = ""
-        self.changed = asyncio.Event()  # set on every state change (tests and readiness await it)
 
     @property
     def up(self) -> bool:
@@ -109,11 +107,10 @@ class BrokerWatch:
         first_failure: float | None = None
         while not stop.is_set():
             try:
-                self._known_topics = await self._probe()
+                await self._probe()
                 if self._kafka.create_topics:
                     await ensure_system_topics(self._kafka, self._topics)
-                    self._known_topics |= set(self._system_topics())
-                self._set(BrokerState.UP)
+                self.state = BrokerState.UP
                 if first_failure is not None:
                     log.info("broker reachable", extra=kv(waited_s=round(time.monotonic() - first_failure, 1)))
                 return True
@@ -158,8 +155,7 @@ class BrokerWatch:
                 if self.state is BrokerState.DOWN or (missing and self._kafka.create_topics):
                     await self._came_back(missing)
                 elif self.state is BrokerState.CONNECTING:
-                    self._set(BrokerState.UP)  # run() without connect(): the first answer
-                self._known_topics = present
+                    self.state = BrokerState.UP  # run() without connect(): the first answer
         finally:
             await self._reset_client()
 
@@ -169,7 +165,7 @@ class BrokerWatch:
     def _went_down(self) -> None:
         self.down_since = time.monotonic()
         self.outages += 1
-        self._set(BrokerState.DOWN)
+        self.state = BrokerState.DOWN
         log.error(
             "broker unreachable: producing and consuming wait for it",
             extra=kv(bootstrap=self._kafka.bootstrap_servers, error=self.last_error),
@@ -190,7 +186,7 @@ class BrokerWatch:
             recreated = frozenset(missing)
             log.warning("recreated vanished topics", extra=kv(topics=",".join(sorted(missing))))
         self.down_since = None
-        self._set(BrokerState.UP)
+        self.state = BrokerState.UP
         back = BrokerReturn(outage, recreated)
         log.info("broker back", extra=kv(outage_s=round(outage, 1), recreated=len(recreated)))
         if self._events is not None:
@@ -200,12 +196,6 @@ class BrokerWatch:
                 await hook(back)
             except Exception:
                 log.exception("reconnect hook failed", extra=kv(hook=name))
-
-    def _set(self, state: BrokerState) -> None:
-        if state is not self.state:
-            self.state = state
-            self.changed.set()
-            self.changed = asyncio.Event()
 
     async def _reset_client(self) -> None:
         client, self._client = self._client, None
