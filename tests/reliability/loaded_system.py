@@ -167,7 +167,10 @@ async def committed_offsets(bootstrap: str, group: str, topic: str, partitions: 
 async def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of a topic, from the beginning up to its end offsets when called."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     await consumer.start()
     try:
@@ -187,8 +190,8 @@ async def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> lis
             batches = await consumer.getmany(*left, timeout_ms=500, max_records=50_000)
             for tp, records in batches.items():
                 out.extend(r for r in records if r.offset < ends[tp])
-            for tp in list(left):  # every partition, fetched this time or not
-                if await consumer.position(tp) >= ends[tp]:
+            for tp in list(left):  # every partition fetched from so far, with records this time or not
+                if consumer.highwater(tp) is not None and await consumer.position(tp) >= ends[tp]:
                     left.discard(tp)
         return out
     finally:
