@@ -255,16 +255,8 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def check_sources(config: AppConfig) -> None:
-    """Validate every source of data_sources.yml the way the gateway builds it (its type,
-    its settings, its secrets), so each daemon refuses a directory the gateway and
-    ``livedata validate`` refuse: one directory, one verdict. Raises ConfigError."""
-    from services.feeder_gateway.feeders.base import FeederMetrics
-    from services.feeder_gateway.service import build_feeds
-    from services.feeder_gateway.tick_queue import ConflatingTickQueue
-
-    metrics = ServiceMetrics("config-check")
-    build_feeds(config, ConflatingTickQueue(100), SystemEvents("config-check", "-"), FeederMetrics(metrics))
+ConfigCheck = Callable[[AppConfig], object]
+"""A check of a loaded config beyond its own models; raises ConfigError naming file and key."""
 
 
 def run_daemon(
@@ -272,12 +264,16 @@ def run_daemon(
     description: str,
     build: Callable[[AppConfig], Service],
     argv: Sequence[str] | None = None,
+    checks: Sequence[ConfigCheck] = (),
 ) -> int:
-    """Entry point of ``python -m services.<name>``: parse args, load config, serve."""
+    """Entry point of ``python -m services.<name>``: parse args, load config, run
+    ``checks`` on it (each daemon passes the feeders' ``validate_sources``, so every daemon
+    refuses a directory the gateway refuses: one directory, one verdict), serve."""
     args = base_parser(prog, description).parse_args(argv)
     try:
         config = load_config(args.config_dir)
-        check_sources(config)
+        for check in checks:
+            check(config)
     except ConfigError as e:
         print(f"{prog}: configuration error:\n{e}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from services.datamanager.service import DataManager
+from services.feeder_gateway.feeders.catalog import validate_sources
 from shared.runtime import run_daemon
 
 
@@ -13,6 +14,7 @@ def main() -> int:
         "datamanager",
         "Tracks interest per subscriber, publishes subscriptions, builds bars, answers bar_snapshot.",
         DataManager,
+        checks=[validate_sources],  # data_sources.yml: the gateway's verdict, in every daemon
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from services.feeder_gateway.feeders.catalog import validate_sources
 from services.feeder_gateway.service import FeederGateway
 from shared.runtime import run_daemon
 
@@ -13,6 +14,7 @@ def main() -> int:
         "feeder-gateway",
         "Connects to market-data providers and publishes normalized ticks to Kafka.",
         FeederGateway,
+        checks=[validate_sources],  # data_sources.yml: the gateway's verdict, in every daemon
     )
 
 

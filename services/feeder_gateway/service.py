@@ -9,13 +9,14 @@ from typing import Any
 from prometheus_client import Histogram
 
 from services.feeder_gateway.feeders.base import CorrectionCallback, Feeder, FeederContext, FeederMetrics
+from services.feeder_gateway.feeders.catalog import validate_sources
 from services.feeder_gateway.feeders.registry import FEEDER_TYPES
 from services.feeder_gateway.feeders.wanted import WantedSymbols
 from services.feeder_gateway.market_feed import MarketFeed
 from services.feeder_gateway.subscriptions import SubscriptionWatcher
 from services.feeder_gateway.tick_publisher import TickPublisher
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
-from shared.config import DATA_SOURCES_FILE, AppConfig, ConfigError, GatewaySettings, MarketSources, SourceEntry
+from shared.config import AppConfig, GatewaySettings
 from shared.dto import Subscription, TradeCorrection
 from shared.events import SystemEvents
 from shared.kafka import DeadLetters, Inbox
@@ -26,9 +27,6 @@ from shared.runtime import Service
 from shared.symbols import Market
 
 log = logging.getLogger("gateway")
-
-DEFAULT_SOURCES = {m: [SourceEntry(type="sim")] for m in Market}
-
 
 class FeederGateway(Service):
     """Owns provider connections; publishes normalized ticks keyed by symbol."""
@@ -198,48 +196,35 @@ def build_feeds(
 ) -> dict[Market, MarketFeed]:
     """One MarketFeed per served market from data_sources.yml (sim everywhere if empty).
 
-    ``emit_correction`` receives the feeders' trade corrections (published on market data).
+    The sources are checked by the catalog's ``validate_sources`` (the check every daemon
+    runs at start), then each becomes its registry feeder. ``emit_correction`` receives
+    the feeders' trade corrections (published on market data).
 
     Raises ConfigError naming data_sources.yml and the key of a bad source.
     """
-    configured = config.data_sources.markets
-    settings = config.livedata.gateway
-    markets = settings.markets or (list(configured) if configured else list(Market))
-    where = str(config.directory / DATA_SOURCES_FILE)
     feeds: dict[Market, MarketFeed] = {}
-    for market in markets:
-        market_cfg = configured.get(market) or MarketSources(sources=DEFAULT_SOURCES[market])
-        entries = market_cfg.sources
-        feeders: list[Feeder[Any]] = []
+    for market, plan in validate_sources(config).items():
         wanted = WantedSymbols()
-        for i, entry in enumerate(entries):
-            key = f"markets.{market.value}.sources[{i}]"
-            if not entry.enabled:
-                continue
-            cls = FEEDER_TYPES.get(entry.type)
-            if cls is None:
-                known = ", ".join(sorted(FEEDER_TYPES))
-                raise ConfigError(f"{where}: {key}.type: unknown feeder type {entry.type!r} (known: {known})")
+        feeders: list[Feeder[Any]] = []
+        for source in plan.sources:
             ctx = FeederContext(
-                name=entry.source_name,
+                name=source.name,
                 market=market,
-                emit_status=_feeder_status(events, market, entry.source_name),
+                emit_status=_feeder_status(events, market, source.name),
                 metrics=feeder_metrics,
                 wanted=wanted.view(),
-                emit_alert=_feeder_alert(events, market, entry.source_name),
+                emit_alert=_feeder_alert(events, market, source.name),
                 emit_correction=emit_correction,
             )
-            feeders.append(cls.from_settings(config.source_settings(entry), ctx, where, key))
-        if not feeders:
-            raise ConfigError(f"{where}: markets.{market.value}.sources: no enabled source")
+            feeders.append(FEEDER_TYPES[source.type](source.settings, ctx))
         feeds[market] = MarketFeed(
             market,
             feeders,
             wanted,
             queue,
             events,
-            failback_after_s=market_cfg.failback_after_s,
-            stale_in_session_only=market_cfg.stale_watchdog == "in_session",
+            failback_after_s=plan.config.failback_after_s,
+            stale_in_session_only=plan.config.stale_watchdog == "in_session",
             latency=latency,
         )
     return feeds

@@ -64,19 +64,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from services.feeder_gateway.feeders.base import FeederMetrics
-    from services.feeder_gateway.service import build_feeds
-    from services.feeder_gateway.tick_queue import ConflatingTickQueue
-    from shared.events import SystemEvents
-    from shared.metrics import ServiceMetrics
+    from services.feeder_gateway.feeders.catalog import validate_sources
 
     config = _config(args)
-    feeds = build_feeds(
-        config, ConflatingTickQueue(100), SystemEvents("validate", "-"), FeederMetrics(ServiceMetrics("validate"))
-    )
+    plans = validate_sources(config)
     print(f"{config.directory}: OK")
-    for market, feed in feeds.items():
-        print(f"  {market.value}: sources " + ", ".join(s.feeder.ctx.name for s in feed._sources))
+    for market, plan in plans.items():
+        print(f"  {market.value}: sources " + ", ".join(s.name for s in plan.sources))
     print(f"  task_timer.yml: {len(config.task_timer.jobs)} jobs")
     return 0
 

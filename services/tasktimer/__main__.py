@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from services.feeder_gateway.feeders.catalog import validate_sources
 from services.tasktimer.service import TaskTimer
 from shared.runtime import run_daemon
 
@@ -13,6 +14,7 @@ def main() -> int:
         "tasktimer",
         "Publishes control commands on cron schedules from task_timer.yml, each instant once.",
         TaskTimer,
+        checks=[validate_sources],  # data_sources.yml: the gateway's verdict, in every daemon
     )
 
 

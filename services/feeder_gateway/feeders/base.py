@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
-from pydantic import ValidationError
 
 from services.feeder_gateway.feeders.wanted import WantedSymbols, WantedView
-from shared.config import ConfigError, Strict, format_validation_error
+from shared.config import Strict
 from shared.dto import PriceUpdate, TradeCorrection
 from shared.metrics import ServiceMetrics
 from shared.symbols import Market
@@ -161,8 +160,6 @@ class Feeder(abc.ABC, Generic[SettingsT]):
     @classmethod
     def from_settings(cls, raw: dict[str, Any], ctx: FeederContext, file: str, key: str) -> Feeder[Any]:
         """Validate this feeder's settings; errors name the file and the key path."""
-        try:
-            settings = cls.settings_model.model_validate(raw)
-        except ValidationError as e:
-            raise ConfigError(format_validation_error(file, e, key)) from None
-        return cls(settings, ctx)  # type: ignore[arg-type]
+        from services.feeder_gateway.feeders.catalog import validate_settings
+
+        return cls(validate_settings(cls.settings_model, raw, file, key), ctx)  # type: ignore[arg-type]

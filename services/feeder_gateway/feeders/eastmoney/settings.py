@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from services.feeder_gateway.feeders.eastmoney import wire
-from services.feeder_gateway.feeders.polling import HttpPollingSettings
+from services.feeder_gateway.feeders.polling_settings import HttpPollingSettings
 from shared.config import Strict
 
 UsExchange = Literal[105, 106, 107]

@@ -6,7 +6,6 @@ from datetime import datetime
 
 import aiohttp
 import msgspec
-from pydantic import Field, SecretStr
 
 from services.feeder_gateway.feeders.base import FeederConfigError, ProviderError
 from services.feeder_gateway.feeders.fushu.parse import (
@@ -16,23 +15,11 @@ from services.feeder_gateway.feeders.fushu.parse import (
     decode_tick,
     to_price_update,
 )
+from services.feeder_gateway.feeders.fushu.settings import FushuSettings
 from services.feeder_gateway.feeders.fushu.wire import FushuTick
 from services.feeder_gateway.feeders.lifecycle import FailureKind, SourceFailure
-from services.feeder_gateway.feeders.polling import HttpPollingFeeder, HttpPollingSettings, PollSet
+from services.feeder_gateway.feeders.polling import HttpPollingFeeder, PollSet
 from shared.dto import PriceUpdate
-
-
-class FushuSettings(HttpPollingSettings):
-    """Settings of a ``type: fushu`` source; ``api_key`` belongs in secure.yml."""
-
-    base_url: str
-    """Endpoint root; the feeder polls ``{base_url}/tick?symbols=...``. No default: no
-    public service implements the contract."""
-    api_key: SecretStr | None = None
-    """Bearer token, sent as ``Authorization: Bearer <key>``; set it in secure.yml under
-    this source's name."""
-    max_symbols_per_request: int = Field(50, ge=1, le=1000)
-    """Larger symbol sets are split into several requests per poll (sent one after another)."""
 
 
 class FushuFeeder(HttpPollingFeeder[FushuSettings, FushuTick]):

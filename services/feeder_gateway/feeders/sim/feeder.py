@@ -9,32 +9,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import Field
-
 from services.feeder_gateway.feeders.base import Feeder
-from shared.config import Strict
+from services.feeder_gateway.feeders.sim.settings import SimSettings
 from shared.dto import PriceUpdate, utcnow
 from shared.sessions import trading_day
 from shared.symbols import MARKET_TIMEZONES, Market
-
-
-class SimSettings(Strict):
-    """Settings of a ``type: sim`` source."""
-
-    seed: int = 7
-    """Same seed, same symbols → the same price paths."""
-    ticks_per_s_per_symbol: float = Field(2.0, gt=0, le=100_000)
-    """Average tick rate of each subscribed symbol."""
-    interval_ms: float = Field(100.0, gt=0, le=10_000)
-    """Generation step: ticks due within a step are produced together as one batch."""
-    volatility_bps: float = Field(3.0, ge=0, le=1_000)
-    """Standard deviation of each tick's price move, in basis points."""
-    max_batch: int = Field(256, ge=1, le=100_000)
-    """Most ticks per yielded batch: a big step is handed over in pieces, as a real
-    provider's frames would be, so the publisher gets the event loop in between."""
-    stale_after_s: float | None = Field(10.0, gt=0)
-    """Watchdog: no tick this long while subscribed means the feed is stale."""
-
 
 _PRICE_RANGE = {Market.CN: (3.0, 80.0), Market.HK: (5.0, 400.0), Market.US: (10.0, 500.0)}
 _LOT = {Market.CN: 100, Market.HK: 100, Market.US: 1}
