@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError, U
 from aiokafka.partitioner import DefaultPartitioner
 
 from shared.backoff import Backoff
+from shared.compat import producer_idempotent, refresh_metadata
 from shared.config import KafkaSettings
 from shared.dto import DeadLetter, DecodeError, Message, decode, encode, utcnow
 from shared.logs import kv
@@ -153,7 +154,7 @@ class KafkaPublisher:
 
     @property
     def idempotent(self) -> bool:
-        return self._producer._txn_manager is not None
+        return producer_idempotent(self._producer)
 
     async def stop(self) -> None:
         """Flush what is pending and close; idempotent."""
@@ -424,7 +425,7 @@ async def assign_all(consumer: AIOKafkaConsumer, topic: str, wait_s: float = 30.
     while not (partitions := consumer.partitions_for_topic(topic)):
         if asyncio.get_running_loop().time() > deadline:
             raise KafkaError(f"topic {topic} does not exist after {wait_s}s")
-        await consumer._client.force_metadata_update()
+        await refresh_metadata(consumer)
         if not consumer.partitions_for_topic(topic):
             await asyncio.sleep(0.1)  # metadata refresh interval while the topic is created
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]

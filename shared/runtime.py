@@ -179,9 +179,8 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._settings.port
+        addresses = self._runner.addresses  # public: (host, port, ...) of each bound socket
+        self.port = int(addresses[0][1]) if addresses else self._settings.port
         log.info("http endpoints up", extra=kv(url=f"http://{self._settings.host}:{self.port}"))
 
     async def stop(self) -> None:
