@@ -26,7 +26,7 @@ from shared.outbox import Outbox
 from shared.runtime import Service
 from shared.symbols import Market
 
-log = logging.getLogger("gateway")
+log = logging.getLogger("feeder-gateway")
 
 class FeederGateway(Service):
     """Owns provider connections; publishes normalized ticks keyed by symbol."""
@@ -56,7 +56,7 @@ class FeederGateway(Service):
             self.topics.subscriptions,
             inbox,
             self._apply,
-            f"{live.kafka.client_id}-gateway-subs",
+            f"{live.kafka.client_id}-{self.name}-subs",
             self.metrics,
             self.settings.shard,
         )
@@ -145,16 +145,16 @@ class FeederGateway(Service):
         if not await self.start_kafka(stop):
             await self.stop_kafka()
             return  # stopped before the broker answered
-        self.events.status("gateway", "started", markets=[m.value for m in self.feeds])
+        self.events.status(self.name, "started", markets=[m.value for m in self.feeds])
         feed_stop = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as tg:
-                events_task = tg.create_task(self.events.run(self.publisher), name="gateway.events")
-                publish_task = tg.create_task(self.tick_publisher.run(), name="gateway.publish")
-                corrections_task = tg.create_task(self.corrections.run(self.publisher), name="gateway.corrections")
-                watcher_task = tg.create_task(self.watcher.run(feed_stop), name="gateway.subscriptions")
+                events_task = tg.create_task(self.events.run(self.publisher), name=f"{self.name}.events")
+                publish_task = tg.create_task(self.tick_publisher.run(), name=f"{self.name}.publish")
+                corrections_task = tg.create_task(self.corrections.run(self.publisher), name=f"{self.name}.corrections")
+                watcher_task = tg.create_task(self.watcher.run(feed_stop), name=f"{self.name}.subscriptions")
                 feed_tasks = [
-                    tg.create_task(feed.run(feed_stop), name=f"gateway.feed.{m.value}")
+                    tg.create_task(feed.run(feed_stop), name=f"{self.name}.feed.{m.value}")
                     for m, feed in self.feeds.items()
                 ]
                 await stop.wait()
@@ -164,7 +164,7 @@ class FeederGateway(Service):
                 self.queue.close()
                 self.corrections.close()
                 await asyncio.gather(publish_task, corrections_task)
-                self.events.status("gateway", "stopped", published=self.tick_publisher.published)
+                self.events.status(self.name, "stopped", published=self.tick_publisher.published)
                 self.events.close()
                 await events_task
         finally:
