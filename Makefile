@@ -23,7 +23,9 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit $(ARGS)
 
+## lint: import contracts (pyproject.toml [tool.importlinter]), ruff (incl. ASYNC), mypy --strict
 lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check shared services tests
 	$(BIN)/mypy
 
