@@ -1,14 +1,16 @@
 """Trading calendars per market: trading days, half days and session times, with a horizon.
 
 Holidays and half days come from the ``holidays`` library's exchange calendars (XSHG for
-CN, XHKG for HK, XNYS for US). China publishes each year's arrangement only around
-November-December, and the library's dates for a year not yet published are estimates,
-so every year must be *confirmed* by a checked-in override file,
-``shared/calendar_overrides/<MARKET>/<YEAR>.yml``, which may also correct the library
-(``closed``, ``open``, ``half_days``). Years before a market's earliest file are the
-library's history, taken as confirmed. For a year that is not confirmed the calendar does
-not guess: every weekday is a full trading day (the weekday rule) and ``confirmed`` says
-so, for callers to alert on.
+CN, XHKG for HK, XNYS for US). A year is *confirmed* by a checked-in override file,
+``shared/calendar_overrides/<MARKET>/<YEAR>.yml`` with ``confirmed: true``, which may
+also correct the library (``closed``, ``open``, ``half_days``); years before a market's
+earliest file are the library's history, taken as confirmed. Past the confirmed horizon
+the library's dates for that market and year are used all the same: rule-based holidays
+(US exchange holidays, HK fixed and lunar ones, CN fixed ones) are known years ahead, and
+what is not (China's make-up working days, how long the Spring Festival and National Day
+closures last) is the library's estimate. Every weekday of such a year is marked
+``estimated`` (``confirmed`` is False), for callers to say so and alert on; a draft file
+(``confirmed: false``) still applies its corrections, as estimates.
 
 Times are exchange-local. ``quote_sessions`` are the windows in which the market produces
 quotes (auctions and, for US, extended hours included); ``open``/``close`` are the regular
@@ -91,7 +93,11 @@ class TradingDay:
     day: date
     is_open: bool
     confirmed: bool
-    """False: the year is past the calendar's horizon and this is the weekday rule."""
+    """False: the year is past the calendar's confirmed horizon."""
+    estimated: bool = False
+    """The day's status (open, closed, half day) is the library's estimate for a year not
+    confirmed yet: it may change when the year's arrangement is published. Weekends are
+    never estimated."""
     half_day: bool = False
     close: time | None = None
     """The regular close (None when closed)."""
@@ -221,40 +227,64 @@ class TradingCalendar:
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - calendars live as long as the process
     def day(self, d: date) -> TradingDay:
-        """What ``d`` is for this market."""
+        """What ``d`` is for this market (past the horizon: the library's estimate, marked)."""
         m = self.market
+        confirmed = self.confirmed(d.year)
         if d.weekday() >= 5:
-            return TradingDay(m, d, is_open=False, confirmed=self.confirmed(d.year), note="weekend")
-        if not self.confirmed(d.year):
-            return self._full_day(d, confirmed=False, note=f"{m.value} {d.year} calendar not confirmed: weekday rule")
+            return TradingDay(m, d, is_open=False, confirmed=confirmed, note="weekend")
+        estimated = not confirmed
+        est = f" (estimated: {m.value} {d.year} not confirmed)" if estimated else ""
         o = self.overrides.get(d.year)
         if o is not None and d in o.closed:
-            return TradingDay(m, d, is_open=False, confirmed=True, note=f"closed ({o.path.name}: {o.source})")
+            return TradingDay(
+                m,
+                d,
+                is_open=False,
+                confirmed=confirmed,
+                estimated=estimated,
+                note=f"closed ({o.path.name}: {o.source}){est}",
+            )
         opened = o is not None and d in o.open
         name = self._holidays.get(d)
         if name is not None and not opened:
-            return TradingDay(m, d, is_open=False, confirmed=True, note=str(name))
+            return TradingDay(m, d, is_open=False, confirmed=confirmed, estimated=estimated, note=f"{name}{est}")
         if o is not None and d in o.half_days:
-            return self._half_day(d, o.half_days[d], f"half day ({o.path.name}: {o.source})")
+            return self._half_day(d, o.half_days[d], confirmed, f"half day ({o.path.name}: {o.source}){est}")
         if self._half_days is not None and self.hours.half_day_close is not None:
             half = self._half_days.get(d)
             if half is not None:
-                return self._half_day(d, self.hours.half_day_close, str(half))
-        return self._full_day(d, confirmed=True, note="open" if not opened else f"open ({o.path.name if o else ''})")
+                return self._half_day(d, self.hours.half_day_close, confirmed, f"{half}{est}")
+        note = "open" if not opened else f"open ({o.path.name if o else ''})"
+        return self._full_day(d, confirmed, note + est)
 
     def _full_day(self, d: date, confirmed: bool, note: str) -> TradingDay:
         h = self.hours
         return TradingDay(
-            self.market, d, is_open=True, confirmed=confirmed, close=h.close, quote_sessions=h.quote_sessions, note=note
+            self.market,
+            d,
+            is_open=True,
+            confirmed=confirmed,
+            estimated=not confirmed,
+            close=h.close,
+            quote_sessions=h.quote_sessions,
+            note=note,
         )
 
-    def _half_day(self, d: date, close: time, note: str) -> TradingDay:
+    def _half_day(self, d: date, close: time, confirmed: bool, note: str) -> TradingDay:
         h = self.hours
         limit = (datetime.combine(d, close) + h.quote_tail).time()
         kept = [(s, e) for s, e in h.quote_sessions if s < limit]
         sessions = (*kept[:-1], (kept[-1][0], limit)) if kept else ()
         return TradingDay(
-            self.market, d, is_open=True, confirmed=True, half_day=True, close=close, quote_sessions=sessions, note=note
+            self.market,
+            d,
+            is_open=True,
+            confirmed=confirmed,
+            estimated=not confirmed,
+            half_day=True,
+            close=close,
+            quote_sessions=sessions,
+            note=note,
         )
 
     def is_trading_day(self, d: date) -> bool:

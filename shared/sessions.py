@@ -1,7 +1,8 @@
 """Trading sessions per market (local time), for watchdogs, bars and calendars.
 
 A thin, stable face over ``shared.calendars``: holidays, half days and lunch breaks
-come from each market's trading calendar (past its confirmed horizon, the weekday rule).
+come from each market's trading calendar (past its confirmed horizon, the holidays
+library's estimated dates for that market and year).
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 Cron evaluation is cronsim's (Debian cron semantics): day-of-week 0 and 7 = Sunday, names
 (``mon``, ``jan``), ``L``; a local time that does not exist (spring forward) fires once at
 the next valid time and a repeated hour (fall back) fires once. Jobs with a ``calendar``
-skip that market's non-trading days; past the calendar's confirmed horizon they fire by
-the weekday rule and ``horizon_note`` says so, for the service to alert on.
+skip that market's non-trading days; past the calendar's confirmed horizon those are the
+holidays library's estimated dates, and ``horizon_note`` says so, for the service to alert
+on.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -18,11 +20,15 @@ from cronsim import CronSim
 from shared.calendars import calendar
 from shared.config import JobSettings
 
-MAX_SKIPPED_DAYS = 400
+MAX_SKIPPED_DAYS = 5 * 366
+"""Give up when this many days pass without an instant on a trading day. A yearly job can
+go years without one (``0 10 24-26 12 *`` on HK: none from 2032 to 2035), and a job on
+Dec 25 with a US or HK calendar never fires."""
 
 
 def instants(job: JobSettings, after: datetime) -> Iterator[datetime]:
-    """The job's fire instants strictly after ``after`` (aware), in the job's timezone."""
+    """The job's fire instants strictly after ``after`` (aware), in the job's timezone; ends
+    when ``MAX_SKIPPED_DAYS`` pass without one."""
     tz = ZoneInfo(job.timezone)
     local = after.astimezone(tz)
     cal = calendar(job.calendar) if job.calendar is not None else None
@@ -30,15 +36,17 @@ def instants(job: JobSettings, after: datetime) -> Iterator[datetime]:
     for at in CronSim(job.cron, local):
         if cal is None or cal.is_trading_day(at.astimezone(cal.timezone).date()):
             yield at
+            limit = at.timestamp() + MAX_SKIPPED_DAYS * 86400
         elif at.timestamp() > limit:
             break
 
 
-def next_fire(job: JobSettings, after: datetime) -> datetime:
-    """The first scheduled instant strictly after ``after`` (aware), in the job's timezone."""
+def next_fire(job: JobSettings, after: datetime) -> datetime | None:
+    """The first scheduled instant strictly after ``after`` (aware), in the job's timezone;
+    None when there is none within ``MAX_SKIPPED_DAYS`` (every instant on a non-trading day)."""
     for at in instants(job, after):
         return at
-    raise ValueError(f"job {job.name}: no fire instant within {MAX_SKIPPED_DAYS} days")
+    return None
 
 
 def next_fires(job: JobSettings, after: datetime, count: int) -> list[datetime]:
@@ -61,17 +69,26 @@ def missed(job: JobSettings, after: datetime, until: datetime) -> list[datetime]
 
 
 def horizon_note(job: JobSettings, instant: datetime) -> str | None:
-    """Why the calendar could not be consulted for ``instant`` (None: it was, or no calendar)."""
+    """Why the calendar's answer for ``instant`` is an estimate (None: it is confirmed, or
+    the job has no calendar)."""
     if job.calendar is None:
         return None
     cal = calendar(job.calendar)
-    year = instant.astimezone(cal.timezone).year
-    if cal.confirmed(year):
+    day = cal.day(instant.astimezone(cal.timezone).date())
+    if not day.estimated:
         return None
+    m, year = job.calendar.value, day.day.year
     return (
-        f"{job.calendar.value} calendar for {year} is not confirmed "
-        f"(no shared/calendar_overrides/{job.calendar.value}/{year}.yml): firing by the weekday rule"
+        f"{m} calendar for {year} is not confirmed (no shared/calendar_overrides/{m}/{year}.yml): "
+        f"firing on the holidays library's estimated dates ({day.day} estimated {'open' if day.is_open else 'closed'})"
     )
+
+
+def schedule_fingerprint(job: JobSettings) -> str:
+    """What decides the job's instants (cron, timezone, calendar), hashed: a job whose
+    fingerprint changed is a new schedule."""
+    cal = job.calendar.value if job.calendar is not None else ""
+    return hashlib.sha256(f"{job.cron}|{job.timezone}|{cal}".encode()).hexdigest()[:16]
 
 
 def utc_stamp(instant: datetime) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.tasktimer.cron import MAX_SKIPPED_DAYS, next_fire
 from shared.calendars import calendar
 from shared.config import ConfigError, JobSettings, TaskTimerFile, job_param_problems, read_yaml
 
@@ -82,7 +83,8 @@ def check_file(path: Path, env: Mapping[str, str] | None = None, now: datetime |
 
 
 def horizon_warnings(where: str, parsed: TaskTimerFile, now: datetime | None = None) -> list[str]:
-    """A warning per enabled calendar job whose calendar is not confirmed in the coming days."""
+    """A warning per enabled calendar job whose calendar is not confirmed in the coming days,
+    and per enabled job that never fires (every instant on a non-trading day)."""
     now = now or datetime.now().astimezone()
     out = []
     for job in parsed.jobs:
@@ -94,9 +96,14 @@ def horizon_warnings(where: str, parsed: TaskTimerFile, now: datetime | None = N
                 out.append(
                     f"{where}: job {job.name}: calendar: {job.calendar.value} {year} is not confirmed "
                     f"(add shared/calendar_overrides/{job.calendar.value}/{year}.yml); in {year} the job "
-                    "fires by the weekday rule and alerts on each fire"
+                    "skips the holidays library's estimated holidays and alerts on each fire"
                 )
                 break
+        if next_fire(job, now) is None:
+            out.append(
+                f"{where}: job {job.name}: cron: no instant on a {job.calendar.value} trading day within "
+                f"{MAX_SKIPPED_DAYS} days: the job does not fire"
+            )
     return out
 
 

@@ -8,10 +8,13 @@ misfire grace lasts. The one window left: a claimant that dies after the broker 
 the command but before recording it; its successor publishes again with the same
 correlation id, on which consumers deduplicate.
 
-After a restart, the instants a job missed since its last recorded fire are fired once
-(coalesced: the latest one) if within ``misfire_grace_s``; older ones are logged and
-skipped. SIGHUP reloads task_timer.yml: unchanged jobs keep their schedule; an invalid
-file keeps the old jobs and says why.
+After a restart, the instants a job missed since its last recorded fire, or since it was
+first scheduled if that is later (or it never fired), are fired once (coalesced: the
+latest one) if within ``misfire_grace_s``; older ones are logged and skipped. Since when a
+job is scheduled is recorded in the fire store by the first replica that loads it, per
+cron/timezone/calendar: a job whose schedule changed starts afresh. SIGHUP reloads
+task_timer.yml: unchanged jobs keep their schedule; an invalid file keeps the old jobs and
+says why.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from services.tasktimer.clock import Clock, as_clock
-from services.tasktimer.cron import fire_id, horizon_note, missed, next_fire
+from services.tasktimer.cron import MAX_SKIPPED_DAYS, fire_id, horizon_note, missed, next_fire, schedule_fingerprint
 from services.tasktimer.jobs import load_jobs
 from services.tasktimer.store import FireStore, MemoryFireStore, RedisFireStore
 from shared.backoff import Backoff
@@ -187,7 +190,7 @@ class TaskTimer(Service):
                 return None
         note = horizon_note(job, instant)
         if note is not None:
-            self.events.alert("calendar_unconfirmed", f"job {job.name}: {note}", job=job.name, fire=fid)
+            self.events.alert("calendar_unconfirmed", f"job {job.name}: {note}", job=job.name, fire=fid, estimated=True)
         renewer = asyncio.create_task(self._renew(fid, ttl_s), name=f"timer.renew.{job.name}")
         try:
             outcome, error = await self._publish(job, instant, deadline)
@@ -252,16 +255,17 @@ class TaskTimer(Service):
     # -- schedule ----------------------------------------------------------------------
 
     async def _recover(self, job: JobSettings, now: datetime) -> datetime | None:
-        """The instant to fire now for what ``job`` missed since its last recorded fire
-        (the latest miss within the grace; older ones are logged and skipped)."""
+        """The instant to fire now for what ``job`` missed since its last recorded fire or
+        since it was first scheduled, whichever is later (the latest miss within the grace;
+        older ones are logged and skipped). Records ``now`` as the start of its schedule if
+        no replica has yet."""
         try:
+            since = await self.store.scheduled_since(job.name, schedule_fingerprint(job), now)
             last = await self.store.last_fire(job.name)
         except Exception as e:
             log.error("last fire unknown, no misfire recovery", extra=kv(job=job.name, error=repr(e)))
             return None
-        if last is None:
-            return None
-        misses = missed(job, last, now)
+        misses = missed(job, since if last is None else max(since, last), now)
         if not misses:
             return None
         within = [m for m in misses if now - m <= self.grace]
@@ -283,6 +287,19 @@ class TaskTimer(Service):
             )
         log.info("firing a missed instant", extra=kv(job=job.name, instant=within[-1].isoformat()))
         return within[-1]
+
+    def _schedule(self, pending: dict[str, datetime], job: JobSettings, now: datetime) -> None:
+        """Put the job's next instant after ``now`` in ``pending``; a job without one (every
+        instant on a non-trading day) waits for a reload."""
+        at = next_fire(job, now)
+        if at is not None:
+            pending[job.name] = at
+            return
+        pending.pop(job.name, None)
+        log.warning(
+            "no instant on a trading day ahead: the job does not fire",
+            extra=kv(job=job.name, cron=job.cron, calendar=job.calendar, days=MAX_SKIPPED_DAYS),
+        )
 
     def request_reload(self) -> None:
         """Reload task_timer.yml at the next turn of the loop (SIGHUP)."""
@@ -306,7 +323,11 @@ class TaskTimer(Service):
                 del pending[name]
         for name, job in new.items():
             if name not in kept:
-                pending[name] = next_fire(job, now)
+                try:  # a changed schedule starts afresh; a changed command keeps its start
+                    await self.store.scheduled_since(name, schedule_fingerprint(job), now)
+                except Exception as e:
+                    log.warning("schedule start not recorded", extra=kv(job=name, error=repr(e)))
+                self._schedule(pending, job, now)
         self.jobs = new
         self._reloads.labels("ok").inc()
         log.info("task_timer.yml reloaded", extra=kv(jobs=sorted(new), unchanged=sorted(kept)))
@@ -357,7 +378,8 @@ class TaskTimer(Service):
                     catch_up = await self._recover(job, now)
                     if catch_up is not None:
                         launch(job, catch_up)
-                    pending[job.name] = next_fire(job, now)
+                    self._schedule(pending, job, now)
+                self.events.status("timer", "scheduled", replica=self.replica, jobs=sorted(pending))
                 while not stop.is_set():
                     self.next_fires = dict(pending)
                     if self._reload_requested:
@@ -391,7 +413,7 @@ class TaskTimer(Service):
                                 "instant missed by more than the grace, skipped",
                                 extra=kv(job=name, instant=due[-1].isoformat(), late_s=(now - due[-1]).total_seconds()),
                             )
-                        pending[name] = next_fire(job, now)
+                        self._schedule(pending, job, now)
                 self._stopping.set()
                 await cancel_and_wait(list(fires))
                 self.events.close()

@@ -3,7 +3,10 @@
 Keys (under the configured prefix): ``lock:<fire id>`` a replica's claim (SET NX PX,
 renewed while it publishes), ``fire:<fire id>`` the record of a fire (JSON: instant,
 replica, outcome, lateness), ``last`` (hash job -> epoch of the latest instant handled,
-for misfire recovery after a restart) and ``outcome`` (hash job -> its latest record).
+for misfire recovery after a restart), ``since`` (hash ``job|schedule fingerprint`` ->
+epoch at which a replica first scheduled the job with that cron, timezone and calendar,
+so a job that never fired recovers its first instant too) and ``outcome`` (hash job -> its
+latest record).
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ if (not cur) or tonumber(cur) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1
 return 1
 """
 
+_SINCE = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -64,6 +72,11 @@ class FireStore(Protocol):
     async def record(self, job: str, fire_id: str, instant: datetime, replica: str, record: dict[str, Any]) -> None: ...
     async def advance_last(self, job: str, instant: datetime) -> None: ...
     async def last_fire(self, job: str) -> datetime | None: ...
+    async def scheduled_since(self, job: str, fingerprint: str, now: datetime) -> datetime:
+        """Atomically: since when ``job`` has been scheduled with this schedule
+        ``fingerprint``, recorded as ``now`` by the first replica that asks."""
+        ...
+
     async def outcomes(self) -> dict[str, dict[str, Any]]: ...
 
 
@@ -88,6 +101,7 @@ class RedisFireStore:
         self._claim = self._client.register_script(_CLAIM)
         self._advance = self._client.register_script(_ADVANCE)
         self._renew = self._client.register_script(_RENEW)
+        self._since = self._client.register_script(_SINCE)
 
     async def start(self) -> None:
         await self._client.ping()
@@ -117,6 +131,10 @@ class RedisFireStore:
     async def last_fire(self, job: str) -> datetime | None:
         return _from_epoch(await self._client.hget(f"{self._p}:last", job))
 
+    async def scheduled_since(self, job: str, fingerprint: str, now: datetime) -> datetime:
+        raw = await self._since(keys=[f"{self._p}:since"], args=[f"{job}|{fingerprint}", _epoch(now)])
+        return datetime.fromtimestamp(int(raw), UTC)
+
     async def outcomes(self) -> dict[str, dict[str, Any]]:
         raw = await self._client.hgetall(f"{self._p}:outcome")
         return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
@@ -132,6 +150,7 @@ class MemoryFireStore:
         self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._locks: dict[str, tuple[str, float]] = {}
         self._last: dict[str, datetime] = {}
+        self._since: dict[tuple[str, str], datetime] = {}
         self._outcomes: dict[str, dict[str, Any]] = {}
         self._max = max_records
 
@@ -176,6 +195,9 @@ class MemoryFireStore:
 
     async def last_fire(self, job: str) -> datetime | None:
         return self._last.get(job)
+
+    async def scheduled_since(self, job: str, fingerprint: str, now: datetime) -> datetime:
+        return self._since.setdefault((job, fingerprint), datetime.fromtimestamp(int(now.timestamp()), UTC))
 
     async def outcomes(self) -> dict[str, dict[str, Any]]:
         return dict(self._outcomes)

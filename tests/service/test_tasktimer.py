@@ -16,12 +16,13 @@ import redis.asyncio as aioredis
 import yaml
 
 from services.tasktimer.clock import ScaledClock
-from services.tasktimer.cron import fire_id
+from services.tasktimer.cron import fire_id, next_fire, schedule_fingerprint
 from services.tasktimer.service import TaskTimer
-from shared.config import AppConfig
+from services.tasktimer.store import MemoryFireStore, RedisFireStore
+from shared.config import AppConfig, JobSettings, load_config
 from shared.dto import Alert, ControlCommand, Status, utcnow
 from shared.topics import Topics
-from tests.helpers import TopicReader, eventually, running
+from tests.helpers import TopicReader, env_without_overrides, eventually, running
 
 EVERY_MINUTE = {"name": "every_minute", "cron": "* * * * *", "timezone": "UTC", "command": "status"}
 
@@ -235,12 +236,13 @@ async def test_broker_outage_at_fire_time_delivers_once_when_back_within_grace(
         await asyncio.to_thread(broker.close)
 
 
-async def test_unconfirmed_calendar_year_fires_by_the_weekday_rule_and_alerts(
+async def test_unconfirmed_calendar_year_fires_on_estimated_dates_and_alerts(
     kafka_bootstrap: str, topics: Topics, make_config: Callable[..., AppConfig]
 ) -> None:
-    """2030-02-04 is in the CN library's estimated Spring Festival week; 2030 is not confirmed."""
+    """2030 is not confirmed: 02-04..07 are the CN library's estimated Spring Festival and
+    are skipped, 02-08 trades by that estimate, and its fire says so."""
     job = {"name": "cn_close", "cron": "5 15 * * 1-5", "command": "c", "calendar": "CN"}
-    instant = datetime(2030, 2, 4, 15, 5, tzinfo=ZoneInfo("Asia/Shanghai"))
+    instant = datetime(2030, 2, 8, 15, 5, tzinfo=ZoneInfo("Asia/Shanghai"))
     timer = TaskTimer(
         make_config(topics, task_timer={"jobs": [job]}),
         clock=ScaledClock(instant - timedelta(seconds=2.0), speed=1.0),
@@ -250,7 +252,78 @@ async def test_unconfirmed_calendar_year_fires_by_the_weekday_rule_and_alerts(
         TopicReader(kafka_bootstrap, topics.system_events) as events,
         running(timer),
     ):
-        cmd = await commands.wait_for(ControlCommand, what="the weekday-rule fire")
+        cmd = await commands.wait_for(ControlCommand, what="the fire on an estimated trading day")
         alert = await events.wait_for(Alert, lambda a: a.code == "calendar_unconfirmed", what="the horizon alert")
     assert cmd.scheduled_for == instant
-    assert "CN calendar for 2030 is not confirmed" in alert.message and alert.detail["job"] == "cn_close"
+    assert "CN calendar for 2030 is not confirmed" in alert.message and "estimated" in alert.message
+    assert alert.detail["job"] == "cn_close" and alert.detail["estimated"] is True
+    assert next_fire(JobSettings.model_validate(job), instant - timedelta(days=4)) == instant  # from the 02-04 close
+
+
+async def test_schedule_start_is_set_once_per_schedule(redis_url: str, redis_prefix: str) -> None:
+    t0 = datetime(2027, 3, 1, 8, 0, tzinfo=ZoneInfo("UTC"))
+    stores = [MemoryFireStore(), RedisFireStore(redis_url, redis_prefix, 60)]
+    replica = RedisFireStore(redis_url, redis_prefix, 60)
+    for store in [*stores, replica]:
+        await store.start()
+    try:
+        for store in stores:
+            assert await store.scheduled_since("j", "fp1", t0 + timedelta(seconds=0.7)) == t0  # whole seconds
+            assert await store.scheduled_since("j", "fp1", t0 + timedelta(minutes=5)) == t0  # kept
+            assert await store.scheduled_since("j", "fp2", t0 + timedelta(minutes=5)) == t0 + timedelta(minutes=5)
+            assert await store.scheduled_since("k", "fp1", t0 + timedelta(minutes=6)) == t0 + timedelta(minutes=6)
+        assert await replica.scheduled_since("j", "fp1", t0 + timedelta(hours=1)) == t0  # another replica
+    finally:
+        for store in [*stores, replica]:
+            await store.stop()
+
+
+async def test_a_changed_cron_starts_afresh_and_a_restart_recovers_from_the_start(
+    kafka_bootstrap: str,
+    topics: Topics,
+    make_config: Callable[..., AppConfig],
+    redis_url: str,
+    redis_prefix: str,
+    redis_client: aioredis.Redis,
+) -> None:
+    """Schedule clock 08:00 load, 08:20 reload (hourly's cron changed, daily's command only),
+    08:40 restart: hourly, never fired, recovers 08:30 (after its new start) once."""
+    t0 = datetime(2027, 3, 1, 8, 0, tzinfo=ZoneInfo("UTC"))
+    now = [t0]
+    daily = {"name": "daily", "cron": "0 9 * * *", "timezone": "UTC", "command": "c"}
+    hourly = {"name": "hourly", "cron": "0 * * * *", "timezone": "UTC", "command": "status"}
+    config = make_config(
+        topics,
+        livedata=redis_settings(redis_url, redis_prefix, misfire_grace_s=3600),
+        task_timer={"jobs": [daily, hourly]},
+    )
+
+    async def since() -> dict[str, int]:
+        raw = await redis_client.hgetall(f"{redis_prefix}:since")
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def key(job: dict[str, Any]) -> str:
+        return f"{job['name']}|{schedule_fingerprint(JobSettings.model_validate(job))}"
+
+    timer = TaskTimer(config, clock=lambda: now[0])
+    changed = {**hourly, "cron": "30 * * * *"}
+    async with TopicReader(kafka_bootstrap, topics.system_events) as events, running(timer):
+        await eventually(lambda: len(timer.next_fires) == 2, what="the schedule")
+        first = await since()
+        assert first[key(daily)] == first[key(hourly)] == int(t0.timestamp())
+        now[0] = t0 + timedelta(minutes=20)
+        write_yaml(config.directory / "task_timer.yml", {"jobs": [{**daily, "command": "d"}, changed]})
+        timer.request_reload()
+        await events.wait_for(Status, lambda s: s.state == "reloaded", what="the reload")
+        after = await since()
+        assert after[key(daily)] == int(t0.timestamp())  # the same schedule keeps its start
+        assert after[key(changed)] == int(now[0].timestamp())  # a changed cron starts afresh
+    now[0] = t0 + timedelta(minutes=40)
+    restarted = TaskTimer(load_config(config.directory, env=env_without_overrides()), clock=lambda: now[0])
+    async with TopicReader(kafka_bootstrap, topics.control_commands) as commands, running(restarted):
+        cmd = await commands.wait_for(ControlCommand, what="the recovered fire")
+        await eventually(
+            lambda: sample(restarted, "livedata_timer_fires_total", job="hourly", outcome="published"), what="recorded"
+        )
+    assert cmd.job == "hourly" and cmd.scheduled_for == t0 + timedelta(minutes=30)
+    assert len(commands.of_type(ControlCommand)) == 1  # daily missed nothing since 08:00

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from services.tasktimer.cron import fire_id, horizon_note, missed, next_fire, next_fires
+from services.tasktimer.cron import fire_id, horizon_note, missed, next_fire, next_fires, schedule_fingerprint
 from services.tasktimer.jobs import check_file
 from shared.config import JobSettings
 
@@ -197,14 +197,37 @@ def test_without_calendar_holidays_fire() -> None:
     )
 
 
-def test_unconfirmed_year_fires_by_the_weekday_rule_with_a_note() -> None:
-    """2030 has no confirmed CN calendar: the library's estimate is not used, every weekday fires."""
+def test_unconfirmed_year_skips_the_librarys_estimated_holidays_with_a_note() -> None:
+    """2030 has no confirmed CN calendar: the library's estimated Spring Festival is skipped,
+    and each fire in 2030 is noted as resting on estimated dates."""
     j = job("5 15 * * *", calendar="CN")
     got = next_fire(j, datetime(2030, 2, 1, 16, 0, tzinfo=SH))  # a Friday
-    assert got == datetime(2030, 2, 4, 15, 5, tzinfo=SH)  # Monday: estimated Spring Festival week, fired anyway
+    assert got == datetime(2030, 2, 8, 15, 5, tzinfo=SH)  # 02-04..07 are the library's Spring Festival
     note = horizon_note(j, got)
-    assert note is not None and "CN calendar for 2030 is not confirmed" in note and "weekday rule" in note
+    assert note is not None and "CN calendar for 2030 is not confirmed" in note and "estimated" in note
     assert horizon_note(job("5 15 * * *"), got) is None  # no calendar, nothing to confirm
+
+
+@pytest.mark.parametrize(("market", "tz"), [("US", "America/New_York"), ("HK", "Asia/Hong_Kong")])
+def test_christmas_jobs_never_fire_on_dec_25(market: str, tz: str) -> None:
+    after = datetime(2026, 12, 1, tzinfo=UTC)
+    assert next_fire(job("0 10 25 12 *", tz, market), after) is None  # always a holiday, any year
+    fires = next_fires(job("0 10 24-26 12 *", tz, market), after, 20)
+    assert len(fires) >= 5 and fires[-1].year >= 2031
+    assert all((f.month, f.day) != (12, 25) for f in fires)
+    assert datetime(2028, 12, 25, 10, 0, tzinfo=ZoneInfo(tz)) not in fires  # a Monday
+
+
+def test_the_schedule_fingerprint_follows_cron_timezone_and_calendar() -> None:
+    base = schedule_fingerprint(job("5 15 * * 1-5", calendar="CN"))
+    assert schedule_fingerprint(job("5 15 * * 1-5", calendar="CN")) == base
+    assert schedule_fingerprint(job("5 15 * * 1-4", calendar="CN")) != base
+    assert schedule_fingerprint(job("5 15 * * 1-5", "Asia/Hong_Kong", "CN")) != base
+    assert schedule_fingerprint(job("5 15 * * 1-5")) != base
+    other_command = JobSettings.model_validate(
+        {"name": "j", "cron": "5 15 * * 1-5", "command": "other", "calendar": "CN", "params": {"period": "1d"}}
+    )
+    assert schedule_fingerprint(other_command) == base
 
 
 def test_missed_lists_the_instants_in_between() -> None:
@@ -256,4 +279,12 @@ def test_check_warns_about_an_unconfirmed_calendar_year(tmp_path: Path) -> None:
     result = check_file(path, now=datetime(2030, 1, 5, tzinfo=SH))
     assert result.problems == [] and result.jobs is not None
     assert len(result.warnings) == 1 and "job cn: calendar: CN 2030 is not confirmed" in result.warnings[0]
+    assert "estimated" in result.warnings[0]
     assert check_file(path, now=datetime(2026, 3, 1, tzinfo=SH)).warnings == []
+
+
+def test_check_warns_about_a_job_that_never_fires(tmp_path: Path) -> None:
+    xmas = {"name": "xmas", "cron": "0 10 25 12 *", "timezone": "America/New_York", "command": "c", "calendar": "US"}
+    result = check_file(_write(tmp_path, {"jobs": [xmas]}), now=datetime(2026, 3, 1, tzinfo=NY))
+    assert result.problems == [] and len(result.warnings) == 1
+    assert "job xmas: cron: no instant on a US trading day within 1830 days" in result.warnings[0]
