@@ -4,8 +4,11 @@ benchmarks, print a table of figures beside their baselines, write the results a
 Each benchmark runs on each selected broker (``--broker kafka|tansu|both``; default both
 where Apache Kafka can start here, else Tansu), on a fresh broker process per benchmark
 unless ``--bootstrap`` names one, with its own work directory for configs and daemon logs.
-Every figure is printed beside its raw-aiokafka baseline measured on the same broker. Missed targets do not change the
-exit code; a benchmark that crashes does (1), after the others have run.
+Every figure is printed beside its raw-aiokafka baseline measured on the same broker. A
+figure whose window was too short or empty is printed as "not measured: <reason>" (and has
+``not_measured`` in the JSON). Missed targets and unmeasured figures do not change the exit
+code; a benchmark that could not run at all (it did not import, or it crashed) does (1),
+after the others have run.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from services.ops.servers import LocalServer, ServerError, kafka_available, make
 from services.ops.servers.kafka import kafka_version
 from services.ops.servers.tansu import tansu_binary
 from shared.config import KafkaSettings, format_validation_error
-from tests.bench.harness import BenchContext, Figure, run_in_loop
+from tests.bench.harness import BenchContext, Figure, NotMeasured, run_in_loop
 
 # Imported one at a time when run: a service module that fails to import (work in
 # progress elsewhere) costs only the benchmarks that need it.
@@ -150,6 +153,10 @@ def table(figures: list[Figure]) -> str:
         if f.skipped:
             rows.append((broker, f.bench, f.name, "-", "", "-", "-", f.target, f"skipped: {f.skipped}"))
             continue
+        if f.not_measured:
+            base = _num(f.baseline)
+            rows.append((broker, f.bench, f.name, "-", f.unit, base, "-", f.target, f"not measured: {f.not_measured}"))
+            continue
         met = "-" if f.met is None else ("yes" if f.met else "MISSED")
         ratio = "-" if f.ratio is None else f"{f.ratio:.2f}"
         rows.append((broker, f.bench, f.name, _num(f.value), f.unit, _num(f.baseline), ratio, f.target, met))
@@ -193,8 +200,12 @@ def _run_one(
         ctx.bootstrap = broker.address
         ctx.broker_pid = broker.pid
     try:
-        figures: list[Figure] = run_in_loop(module.run(ctx))
+        try:
+            figures: list[Figure] = run_in_loop(module.run(ctx))
+        except NotMeasured as e:  # raised outside any figure's measure block: all of it unmeasured
+            figures = [Figure(name, module.TITLE, None, "", not_measured=str(e))]
         for f in figures:
+            f.settle()
             f.broker = kind if module.NEEDS_BROKER else ""
         return figures
     finally:
@@ -304,9 +315,14 @@ def main(argv: list[str] | None = None) -> int:
                     got = [Figure(name, module.TITLE, None, "", skipped=f"failed: {e!r}"[:200], broker=kind)]
                 durations[f"{kind}/{name}"] = round(time.monotonic() - t0, 1)
                 for f in got:
-                    value = "-" if f.value is None else f"{_num(f.value)} {f.unit}"
+                    if f.skipped:
+                        value = f"skipped: {f.skipped}"
+                    elif f.not_measured:
+                        value = f"not measured: {f.not_measured}"
+                    else:
+                        value = f"{_num(f.value)} {f.unit}"
                     extra = f" (baseline {_num(f.baseline)}, ratio {f.ratio:.2f})" if f.ratio is not None else ""
-                    print(f"   {f.name}: {f.skipped or value}{extra}", flush=True)
+                    print(f"   {f.name}: {value}{extra}", flush=True)
                 print(f"   ({durations[f'{kind}/{name}']} s)", flush=True)
                 figures.extend(got)
     finally:
@@ -329,8 +345,15 @@ def main(argv: list[str] | None = None) -> int:
         "figures": [f.to_json() for f in figures],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out} ({sum(durations.values()):.0f} s)")
+    counts = {
+        "measured": sum(f.measured for f in figures),
+        "not_measured": sum(f.not_measured is not None for f in figures),
+        "skipped": sum(f.skipped is not None for f in figures),
+    }
+    result["figure_counts"] = counts
+    args.out.write_text(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n")
+    print("\n" + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()), "(figures)")
+    print(f"wrote {args.out} ({sum(durations.values()):.0f} s)")
     return 1 if crashed else 0
 
 

@@ -1,4 +1,10 @@
-"""What every benchmark shares: the Figure record, the run context, topics, configs, statistics."""
+"""What every benchmark shares: the Figure record, the run context, topics, configs, statistics.
+
+One rule for every figure: a benchmark measures what it says or says why it cannot. A
+helper whose window is too short or empty (``rate_between``, ``slope_per_minute``,
+``statistic``) raises ``NotMeasured``; ``Figures.measure`` turns that into a figure
+reported as "not measured: <reason>" and the benchmark goes on with its other figures.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import statistics
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +23,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
+from shared.alarms import LoopHeartbeats
 from shared.config import AppConfig, KafkaSettings, TopicPartitions, load_config
 from shared.kafka import assign_all, consumer_options, ensure_topics, producer_options
 from shared.symbols import Market
@@ -29,13 +36,36 @@ T = TypeVar("T")
 # setting stays at the KafkaSettings default, i.e. what a deployment runs.
 GROUP_TIMINGS: dict[str, Any] = {"session_timeout_ms": 2000, "heartbeat_interval_ms": 300}
 
-# Environment variables that would override the bench's config files in a daemon.
+
+class NotMeasured(Exception):
+    """A figure's window was too short or empty: it is reported without a value, with this
+    message as the reason (``Figures.measure``), never as a number from a window not seen."""
+
+
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _json_safe(v: Any) -> Any:
+    """NaN and infinities as null (JSON has no NaN), in nested details too."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    return v
 
 
 @dataclass
 class Figure:
     """One measured figure; ``ratio`` is ``value / baseline`` (throughput: higher is better;
-    latency: lower is better, so a latency ratio says how many times the baseline)."""
+    latency: lower is better, so a latency ratio says how many times the baseline).
+
+    ``skipped``: the benchmark (or this part of it) could not run. ``not_measured``: it ran,
+    but the figure's window was too short or empty; ``settle()`` enforces that such a figure
+    has no value and no verdict.
+    """
 
     bench: str
     name: str
@@ -46,19 +76,62 @@ class Figure:
     target: str = ""
     met: bool | None = None  # None: no target, or not measured
     details: dict[str, Any] = field(default_factory=dict)
-    skipped: str | None = None  # why there is no value
+    skipped: str | None = None  # why there is no value: it could not run
     broker: str = ""  # which broker it was measured on ("kafka", "tansu", an address, or "" for none)
+    not_measured: str | None = None  # why there is no value: its window was too short or empty
 
     @property
     def ratio(self) -> float | None:
-        if self.value is None or not self.baseline:
+        if not _finite(self.value) or not _finite(self.baseline) or not self.baseline:
             return None
+        assert self.value is not None and self.baseline is not None
         return self.value / self.baseline
 
+    @property
+    def measured(self) -> bool:
+        return self.skipped is None and self.not_measured is None
+
+    def settle(self) -> Figure:
+        """Apply the rule: no finite value (or a baseline that is not a number) means not
+        measured, with a reason; a figure without a value has no verdict."""
+        if self.skipped is None and self.not_measured is None:
+            if not _finite(self.value):
+                self.not_measured = "no value was measured" if self.value is None else f"value is {self.value}"
+            elif self.baseline is not None and not _finite(self.baseline):
+                self.not_measured = f"baseline is {self.baseline}"
+                self.details["value_without_baseline"] = self.value
+        if not self.measured:
+            self.value = None
+            self.met = None
+        if self.baseline is not None and not _finite(self.baseline):
+            self.baseline = None
+        return self
+
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        out: dict[str, Any] = _json_safe(asdict(self))
         out["ratio"] = None if self.ratio is None else round(self.ratio, 4)
         return out
+
+
+class Figures(list[Figure]):
+    """One benchmark's figures, each built in a ``measure`` block."""
+
+    def __init__(self, bench: str) -> None:
+        super().__init__()
+        self.bench = bench
+
+    @contextlib.contextmanager
+    def measure(self, name: str, unit: str, **fields: Any) -> Iterator[Figure]:
+        """Add the figure ``name`` and yield it to be filled in (value, baseline, met,
+        details); a ``NotMeasured`` raised inside makes it "not measured" with that reason
+        (whatever was filled in stays in its details) and the benchmark goes on."""
+        figure = Figure(self.bench, name, None, unit, **fields)
+        self.append(figure)
+        try:
+            yield figure
+        except NotMeasured as e:
+            figure.not_measured = str(e)
+        figure.settle()
 
 
 @dataclass
@@ -262,48 +335,153 @@ def distribution(values: Iterable[float], scale: float = 1.0, digits: int = 3) -
     }
 
 
+def statistic(dist: dict[str, Any], key: str, what: str) -> float:
+    """``dist[key]`` of a ``distribution()``; NotMeasured when it had no values."""
+    if not dist.get("count"):
+        raise NotMeasured(f"no {what} in the window")
+    value = dist[key]
+    if not _finite(value):
+        raise NotMeasured(f"{key} of {what} is {value}")
+    return float(value)
+
+
+MIN_SLOPE_POINTS = 3
+
+
 def slope_per_minute(samples: Sequence[tuple[float, float]]) -> float:
-    """Least-squares slope of (seconds, value) samples, per minute."""
-    if len(samples) < 2:
-        return math.nan
+    """Least-squares slope of (seconds, value) samples, per minute; NotMeasured with fewer
+    than ``MIN_SLOPE_POINTS`` samples or no time between them."""
+    if len(samples) < MIN_SLOPE_POINTS:
+        raise NotMeasured(f"{len(samples)} samples in the window: a slope needs {MIN_SLOPE_POINTS}")
     xs = [t for t, _ in samples]
     ys = [v for _, v in samples]
     if max(xs) == min(xs):
-        return math.nan
+        raise NotMeasured("every sample at the same moment: no time to take a slope over")
     return statistics.linear_regression(xs, ys).slope * 60.0
 
 
-def rate_between(samples: Sequence[tuple[float, float]], lo_frac: float, hi_frac: float, total: float) -> float:
-    """Units per second between the first samples at ``lo_frac`` and ``hi_frac`` of ``total``.
+@dataclass(frozen=True)
+class Rate:
+    """Units per second over a window of (seconds, cumulative count) samples."""
 
-    ``samples`` are (seconds, cumulative count); cutting the ends leaves start-up (group
-    join, first fetch) and the last partial batches out of a throughput figure.
+    per_s: float
+    units: float  # counted inside the window
+    seconds: float
+    points: int  # samples from the window's start to its end, both included
+
+    def details(self) -> dict[str, Any]:
+        return {"window_units": round(self.units), "window_s": round(self.seconds, 3), "window_samples": self.points}
+
+
+# A window must hold at least this share of the units between its two marks (a counter
+# that jumped from 0 past the low mark in one step started the window late), span this
+# many samples and last this long; shorter, the figure is not measured.
+MIN_WINDOW_SHARE = 0.75
+MIN_WINDOW_POINTS = 3
+MIN_WINDOW_S = 0.05
+
+
+def _count(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def rate_between(samples: Sequence[tuple[float, float]], lo_frac: float, hi_frac: float, total: float) -> Rate:
+    """The rate between the first samples at ``lo_frac`` and ``hi_frac`` of ``total``.
+
+    ``samples`` are (seconds, cumulative count), in time order, and must begin before the
+    low mark (from before the first record): cutting the ends leaves start-up (group join,
+    first fetch) and the last partial batches out of a throughput figure. NotMeasured when
+    the samples did not see that window: sampling began past the low mark, the count never
+    reached the high one, or the window is too short (``MIN_WINDOW_*``).
     """
-    lo = next((s for s in samples if s[1] >= total * lo_frac), None)
-    hi = next((s for s in samples if s[1] >= total * hi_frac), None)
-    if lo is None or hi is None or hi[0] <= lo[0]:
-        return math.nan
-    return (hi[1] - lo[1]) / (hi[0] - lo[0])
+    lo_at, hi_at = total * lo_frac, total * hi_frac
+    span = f"{lo_frac:.0%}-{hi_frac:.0%} of {_count(total)}"
+    if not samples:
+        raise NotMeasured(f"no samples of the window {span}")
+    if samples[0][1] > lo_at:
+        raise NotMeasured(f"sampling began at {_count(samples[0][1])}, past the start of the window {span}")
+    lo_i = next((i for i, s in enumerate(samples) if s[1] >= lo_at), None)
+    hi_i = next((i for i, s in enumerate(samples) if s[1] >= hi_at), None)
+    if lo_i is None or hi_i is None:
+        raise NotMeasured(f"the count stopped at {_count(samples[-1][1])}, short of the window {span}")
+    lo, hi = samples[lo_i], samples[hi_i]
+    units, seconds, points = hi[1] - lo[1], hi[0] - lo[0], hi_i - lo_i + 1
+    wanted = MIN_WINDOW_SHARE * (hi_at - lo_at)
+    if units < wanted or points < MIN_WINDOW_POINTS or seconds < MIN_WINDOW_S:
+        seen = ", ".join(_count(v) for _, v in samples[max(lo_i - 1, 0) : hi_i + 1][:8])
+        raise NotMeasured(
+            f"window {span} too short: {points} samples saw {_count(units)} units in {seconds:.3f} s"
+            f" (needs {MIN_WINDOW_POINTS} samples, {_count(wanted)} units, {MIN_WINDOW_S:g} s); counts seen: {seen}"
+        )
+    return Rate(units / seconds, units, seconds, points)
 
 
-async def sample_until(
-    read: Callable[[], float], done: Callable[[float], bool], timeout_s: float, interval_s: float = 0.005
-) -> list[tuple[float, float]]:
-    """Poll ``read()`` every ``interval_s`` until ``done(value)``; (perf_counter, value) samples.
+def rate_detail(samples: Sequence[tuple[float, float]], lo_frac: float, hi_frac: float, total: float) -> Any:
+    """A diagnostic rate for a figure's details: rounded, or "not measured: <reason>"."""
+    try:
+        return round(rate_between(samples, lo_frac, hi_frac, total).per_s)
+    except NotMeasured as e:
+        return f"not measured: {e}"
 
-    Raises TimeoutError at the deadline.
+
+def first_record_at(samples: Sequence[tuple[float, float]]) -> float:
+    """When the first unit was counted: the last sample still at zero before the count rose
+    (the moment the fetch that brought it began). NotMeasured if sampling began later."""
+    if not samples or samples[0][1] > 0:
+        raise NotMeasured("sampling began after the first record: the window's start was not seen")
+    start = samples[0][0]
+    for t, v in samples:
+        if v > 0:
+            return start
+        start = t
+    raise NotMeasured("no record was counted")
+
+
+class LoopSampler:
+    """(perf_counter, ``read()``) samples of a counter of a service running in this process,
+    taken at every beat of its loop ``loop`` (``service.loops.beat``: once round the loop,
+    i.e. once per fetch) and every ``interval_s`` while ``until`` waits.
+
+    The beats are what make the samples fine enough: a consumer loop folds one buffered
+    fetch after another without yielding to the event loop, so a poller alone can see a
+    whole prefetched backlog (a freshly started datamanager prefetches it while it waits
+    for the group coordinator) as one jump from 0 to the end. The first sample is taken on
+    entering, before the service starts: the window's start is always seen.
     """
-    samples: list[tuple[float, float]] = []
-    deadline = time.perf_counter() + timeout_s
-    while True:
-        now = time.perf_counter()
-        value = read()
-        samples.append((now, value))
-        if done(value):
-            return samples
-        if now > deadline:
-            raise TimeoutError(f"still at {value} after {timeout_s}s")
-        await asyncio.sleep(interval_s)  # sampling period of a counter, not a condition wait
+
+    def __init__(self, loops: LoopHeartbeats, loop: str, read: Callable[[], float]) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._loops = loops
+        self._loop = loop
+        self._read = read
+
+    def _sample(self) -> float:
+        value = self._read()
+        self.samples.append((time.perf_counter(), value))
+        return value
+
+    def __enter__(self) -> LoopSampler:
+        original = self._loops.beat
+
+        def beat(name: str) -> None:
+            if name == self._loop:
+                self._sample()
+            original(name)
+
+        self._loops.beat = beat  # type: ignore[method-assign]
+        self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self._loops.beat  # the class's method again
+
+    async def until(self, done: Callable[[float], bool], timeout_s: float, interval_s: float = 0.01) -> None:
+        """Sample every ``interval_s`` too, until ``done(value)``; TimeoutError at the deadline."""
+        deadline = time.perf_counter() + timeout_s
+        while not done(value := self._sample()):
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"still at {value} after {timeout_s}s")
+            await asyncio.sleep(interval_s)  # sampling period of a counter, not a condition wait
 
 
 # -- observing topics -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from tests.bench.daemons import Daemon, daemons, rss_mb
 from tests.bench.harness import (
     BenchContext,
     Figure,
+    Figures,
     flat,
     fresh_topics,
     sim_sources,
@@ -94,14 +95,13 @@ async def _daemon_rss(ctx: BenchContext, duration_s: float, settle_s: float) -> 
         dm_metrics = await procs["datamanager"].metrics()
     out: dict[str, dict[str, Any]] = {}
     for name, series in samples.items():
-        settled = [s for s in series if s[0] >= settle_s]
         out[name] = {
             "idle_mb": round(idle[name], 1) if name in idle else None,
             "at_load_start_mb": round(series[0][1], 1),
             "end_mb": round(series[-1][1], 1),
             "peak_mb": round(max(v for _, v in series), 1),
-            "slope_mb_per_min": round(slope_per_minute(settled), 3),
             "samples": len(series),
+            "settled": [s for s in series if s[0] >= settle_s],  # the slope's window (taken in run)
         }
     out["gateway"]["ticks_out_per_s"] = round(ticks_per_s)
     out["datamanager"]["ticks_aggregated"] = dm_metrics.get("livedata_datamanager_ticks_aggregated_total")
@@ -155,10 +155,11 @@ async def run(ctx: BenchContext) -> list[Figure]:
     duration_s = ctx.pick(60.0, 12.0)
     settle_s = ctx.pick(10.0, 4.0)
     per_daemon = await _daemon_rss(ctx, duration_s, settle_s)
-    figures = []
+    figures = Figures(NAME)
     for name, stats in per_daemon.items():
         is_daemon = not name.startswith("broker")
-        end_mb, slope = stats["end_mb"], stats["slope_mb_per_min"]
+        end_mb = stats["end_mb"]
+        settled = stats.pop("settled")
         figures.append(
             Figure(
                 NAME,
@@ -172,16 +173,16 @@ async def run(ctx: BenchContext) -> list[Figure]:
         )
         judged = is_daemon and not ctx.quick  # a 12-second window shows start-up, not growth
         target = f"<= {FLAT_MB_PER_MIN:g} MB/min (no growth)"
-        figures.append(
-            Figure(
-                NAME,
-                f"{name} RSS slope (after {settle_s:g} s)",
-                slope,
-                "MB/min",
-                target=target if judged else ("report" if not is_daemon else f"full run only: {target}"),
-                met=slope <= FLAT_MB_PER_MIN if judged else None,
-            )
-        )
+        with figures.measure(
+            f"{name} RSS slope (after {settle_s:g} s)",
+            "MB/min",
+            target=target if judged else ("report" if not is_daemon else f"full run only: {target}"),
+        ) as f:
+            f.details["window_samples"] = len(settled)
+            slope = round(slope_per_minute(settled), 3)
+            stats["slope_mb_per_min"] = slope
+            f.value = slope
+            f.met = slope <= FLAT_MB_PER_MIN if judged else None
     minutes = BarAggregator().minute_history
     projected = _bar_state_mb(flat(symbols_by_market(SYMBOLS)), minutes)
     figures.append(
