@@ -98,31 +98,38 @@ async def _last_outcomes(config: AppConfig) -> tuple[dict[str, dict[str, Any]], 
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    from services.tasktimer.cron import horizon_note, next_fires
+    from services.tasktimer.cron import MAX_SKIPPED_DAYS, horizon_note, next_fires
     from shared.dto import utcnow
 
+    count = getattr(args, "fires", 3)  # `livedata jobs` alone: 3
+    if count < 1:
+        print(f"--fires: {count} is not a positive number of fires", file=sys.stderr)
+        return 2
     config = _config(args)
     now = utcnow()
     outcomes, note = run_async_value(_last_outcomes(config))
-    print(f"{'job':<24}{'cron':<22}{'timezone':<18}{'cal':<5}{'next fires (local)':<55}last outcome")
+    print(f"{'job':<24}{'cron':<22}{'timezone':<18}{'cal':<5}{'next fires (local)':<56} last outcome")
     unconfirmed = False
     for job in config.task_timer.jobs:
         if job.enabled:
-            fires = next_fires(job, now, 3)
+            fires = next_fires(job, now, count)
             marks = []
             for f in fires:
                 flagged = horizon_note(job, f) is not None
                 unconfirmed |= flagged
-                marks.append(f.strftime("%m-%d %H:%M") + ("*" if flagged else ""))
-            nxt = ", ".join(marks)
+                marks.append(f.strftime("%Y-%m-%d %H:%M") + ("*" if flagged else ""))
+            nxt = ", ".join(marks) or f"(none: no trading-day instant within {MAX_SKIPPED_DAYS} days)"
         else:
             nxt = "(disabled)"
         last = outcomes.get(job.name)
         last_s = f"{last['outcome']} {last['instant']} by {last['replica']} late {last['lateness_s']}s" if last else "-"
         cal = job.calendar.value if job.calendar else "-"
-        print(f"{job.name:<24}{job.cron:<22}{job.timezone:<18}{cal:<5}{nxt:<55}{last_s}")
+        print(f"{job.name:<24}{job.cron:<22}{job.timezone:<18}{cal:<5}{nxt:<56} {last_s}")
     if unconfirmed:
-        print("* calendar year not confirmed: fires by the weekday rule and alerts (see livedata jobs check)")
+        print(
+            "* estimated: that calendar year is not confirmed, the day is the holidays library's estimate;"
+            " each such fire alerts (see livedata jobs check)"
+        )
     print(f"({note})")
     return 0
 
@@ -288,9 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config-dir", type=Path, default=argparse.SUPPRESS, help="config directory")
         return sp
 
-    sub_config(
-        jsub.add_parser("list", help="name, cron, timezone, calendar, next 3 fires, last outcome (Redis)")
-    ).set_defaults(func=cmd_jobs_list)
+    jl = sub_config(jsub.add_parser("list", help="name, cron, timezone, calendar, next fires, last outcome (Redis)"))
+    jl.add_argument("--fires", type=int, default=3, metavar="N", help="how many next fires to show (default 3)")
+    jl.set_defaults(func=cmd_jobs_list)
     jf = sub_config(
         jsub.add_parser("fire", help="publish a job's command now (fresh correlation id), print the result")
     )

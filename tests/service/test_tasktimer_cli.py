@@ -62,3 +62,28 @@ def test_jobs_list_shows_next_fires_and_the_last_outcome(
     finally:
         client.delete(f"{redis_prefix}:outcome")
         client.close()
+
+
+def test_jobs_list_shows_no_dec_25_for_us_and_hk_christmas_jobs(
+    demo_config_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's jobs plus Christmas jobs on the US and HK calendars: past the confirmed
+    horizon the library's holidays are skipped, so no year lists a Dec 25."""
+    path = demo_config_dir / "task_timer.yml"
+    content = yaml.safe_load(path.read_text())
+    for market, tz in (("US", "America/New_York"), ("HK", "Asia/Hong_Kong")):
+        for name, cron in (("christmas", "0 10 25 12 *"), ("around_christmas", "0 10 24-26 12 *")):
+            job = {"name": f"{market.lower()}_{name}", "cron": cron, "timezone": tz, "command": "status"}
+            content["jobs"].append({**job, "calendar": market})
+    path.write_text(yaml.safe_dump(content))
+    assert main(["jobs", "list", "--config-dir", str(demo_config_dir), "--fires", "12"]) == 0
+    out = capsys.readouterr().out
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln and not ln.startswith(("job ", "*", "("))}
+    assert {"us_close_snapshot", "us_christmas", "hk_around_christmas"} <= set(lines)
+    assert "-12-25 " not in out
+    for market in ("us", "hk"):
+        assert "(none: no trading-day instant within" in lines[f"{market}_christmas"]
+        around = lines[f"{market}_around_christmas"]
+        years = {int(w[:4]) for w in around.split() if w[:4].isdigit() and w[4:5] == "-"}
+        assert len(years) >= 8 and "*" in around  # years ahead, estimated past the confirmed horizon
+    assert "* estimated:" in out
