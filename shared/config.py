@@ -326,7 +326,7 @@ class JobSettings(Strict):
     enabled: bool = True
     calendar: Market | None = None
     """Skip days that are not trading days of this market (shared/calendars.py); in a year
-    past the calendar's confirmed horizon the job fires by the weekday rule and alerts."""
+    past the calendar's confirmed horizon those are the library's estimate, and each fire alerts."""
 
     @field_validator("cron")
     @classmethod
