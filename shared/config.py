@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from shared.commands import command_param_problems
 from shared.symbols import Market
 
 LIVEDATA_FILE = "livedata.yml"
@@ -343,7 +344,7 @@ class JobSettings(Strict):
 
     @model_validator(mode="after")
     def _params(self) -> JobSettings:
-        problems = job_param_problems(self.command, self.params)
+        problems = command_param_problems(self.command, self.params)
         if problems:
             field, msg = problems[0]
             raise ValueError(f"job {self.name}: {field}: {msg}")
@@ -372,27 +373,6 @@ class TaskTimerFile(Strict):
                 raise ValueError(f"job {job.name}: name: appears twice")
             seen.add(job.name)
         return self
-
-
-_BAR_SNAPSHOT_PARAMS = frozenset({"market", "date", "period"})
-
-
-def job_param_problems(command: str, params: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(field, problem) for each bad parameter of a known command (unknown commands: none)."""
-    out: list[tuple[str, str]] = []
-    if command == "bar_snapshot":
-        for key in sorted(set(params) - _BAR_SNAPSHOT_PARAMS):
-            out.append((f"params.{key}", "unknown parameter of bar_snapshot (market, date, period)"))
-        if "market" in params and params["market"] not in {m.value for m in Market}:
-            out.append(("params.market", f"{params['market']!r} is not a market (CN, HK, US)"))
-        if "period" in params and params["period"] not in ("1d", "1m"):
-            out.append(("params.period", f"{params['period']!r} is not a period (1d, 1m)"))
-        if "date" in params:
-            try:
-                date.fromisoformat(str(params["date"]))
-            except ValueError:
-                out.append(("params.date", f"{params['date']!r} is not a date (YYYY-MM-DD)"))
-    return out
 
 
 class AppConfig(Strict):

@@ -370,21 +370,9 @@ class Inbox:
     async def decode(
         self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> list[tuple[ConsumerRecord[bytes, bytes], Message]]:
-        """Decode what ``getmany`` returned; keep each record beside its message."""
+        """Decode what ``getmany`` returned; keep each record beside its message (the hot
+        path of every consumer: an accepted message costs one decode and a type check)."""
         out: list[tuple[ConsumerRecord[bytes, bytes], Message]] = []
-        for tp, records in batches.items():
-            accepted = self._accepts.get(tp.topic, frozenset())
-            for rec in records:
-                msg = await self._one(rec, accepted)
-                if msg is not None:
-                    out.append((rec, msg))
-            self._metrics.messages_in.labels(tp.topic).inc(len(records))
-        await self._dead.flush()
-        return out
-
-    async def messages(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> list[Message]:
-        """Decode what ``getmany`` returned; just the accepted messages (the hot path)."""
-        out: list[Message] = []
         append = out.append
         for tp, records in batches.items():
             accepted = self._accepts.get(tp.topic, frozenset())
@@ -393,12 +381,11 @@ class Inbox:
                     msg = decode(rec.value or b"")
                 except DecodeError:
                     msg = None
-                if msg is not None and type(msg) in accepted:
-                    append(msg)
-                else:  # the rare path: find out what is wrong and dead-letter it
+                if msg is None or type(msg) not in accepted:  # the rare path: say what is wrong
                     msg = await self._one(rec, accepted)
-                    if msg is not None:
-                        append(msg)
+                    if msg is None:
+                        continue
+                append((rec, msg))
             self._metrics.messages_in.labels(tp.topic).inc(len(records))
         await self._dead.flush()
         return out

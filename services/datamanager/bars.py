@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from services.datamanager.quality import LIMIT_SLACK, board_limit
-from shared.dto import Bar, PriceUpdate, TradeCorrection
+from shared.dto import Bar, Message, PriceUpdate, TradeCorrection
 from shared.symbols import MARKET_TIMEZONES, Market, market_of
 
 _MINUTE_FIELDS = 7
@@ -110,6 +111,33 @@ def _implausible(t: PriceUpdate, max_price: float) -> bool:
     return False
 
 
+class PriceLimitFlag(NamedTuple):
+    """A price beyond its board's daily limit from the previous close (flagged, kept)."""
+
+    symbol: str
+    price: float
+    prev_close: float
+
+
+class Folded(Protocol):
+    """Where a folded message came from (a consumer record): redeliveries are told by it."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+
+@dataclass(slots=True)
+class FoldReport:
+    """What ``BarAggregator.fold`` did with one batch."""
+
+    rejected: dict[str, int] = field(default_factory=dict)  # reason → ticks dropped
+    flags: list[PriceLimitFlag] = field(default_factory=list)
+    newest: dict[str, float] = field(default_factory=dict)  # source → provider time (epoch s) of its newest tick
+    failed: list[tuple[Any, Exception]] = field(default_factory=list)  # (record, what its folding raised)
+
+
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
@@ -117,9 +145,11 @@ def _utc(epoch: float) -> datetime:
 class BarAggregator:
     """In-memory bars for today; ``on_tick`` returns a rejection reason or None.
 
-    ``clock_limit`` (epoch s) is set by the caller once per batch: ticks stamped after it
-    are rejected (``future_timestamp``). ``flags`` collects (symbol, price, prev_close)
-    for moves beyond the board's limit; the caller alerts and clears it.
+    ``fold(records, clock_limit)`` folds one consumed batch and reports what happened to
+    it: rejections by reason, moves beyond the board's limit (``PriceLimitFlag``), each
+    source's newest provider time, and the records whose folding raised. Ticks stamped
+    after ``clock_limit`` (epoch s) are rejected (``future_timestamp``). ``on_tick`` and
+    ``on_correction`` fold one message outside a batch (no clock limit).
     """
 
     def __init__(
@@ -135,13 +165,13 @@ class BarAggregator:
         self.max_price = max_price
         self.st_symbols = st_symbols
         self.no_limit_symbols = no_limit_symbols
-        self.clock_limit = math.inf
+        self._clock_limit = math.inf  # set by fold for its batch
         self._symbols: dict[str, _SymbolBars] = {}
         self._open_minutes: dict[float, set[str]] = {}
         self._dirty: set[str] = set()  # daily / open minute changed since the last drain
         self._closed: list[BarRow] = []  # minute bars closed or revised since the last drain
         self.rejected: dict[str, int] = {}
-        self.flags: list[tuple[str, float, float]] = []
+        self._flags: list[PriceLimitFlag] = []  # the batch's, handed over by fold
         self.ticks = 0
         self.revisions = 0
         self.corrections = 0  # trade corrections and cancels applied
@@ -188,7 +218,7 @@ class BarAggregator:
                 return self._reject("redelivered")
             st.last_partition, st.last_offset = partition, offset
         ts = t.timestamp.timestamp()
-        if ts > self.clock_limit:
+        if ts > self._clock_limit:
             return self._reject("future_timestamp")
         if ts <= st.last_ts:
             if ts < st.last_ts:
@@ -202,7 +232,7 @@ class BarAggregator:
         if t.prev_close is not None and t.prev_close != st.prev_close and t.prev_close > 0:
             self._set_prev_close(st, t.prev_close)
         if price > st.limit_hi or price < st.limit_lo:
-            self.flags.append((symbol, price, st.prev_close or 0.0))
+            self._flags.append(PriceLimitFlag(symbol, price, st.prev_close or 0.0))
         # volume and amount traded since the previous tick
         if volume is not None:
             prev = st.last_cum_volume
@@ -356,6 +386,37 @@ class BarAggregator:
         self._dirty.add(c.symbol)
         self.corrections += 1
         return None
+
+    def fold(self, records: Iterable[tuple[Folded, Message]], clock_limit: float) -> FoldReport:
+        """Fold one consumed batch of (record, message) in order; never raises for one record."""
+        report = FoldReport()
+        rejected = report.rejected
+        newest = report.newest
+        on_tick = self.on_tick
+        self._clock_limit = clock_limit
+        self._flags = report.flags
+        try:
+            for rec, msg in records:
+                try:
+                    if type(msg) is PriceUpdate:
+                        reason = on_tick(msg, rec.partition, rec.offset)
+                        if reason is None:
+                            newest[msg.source] = msg.timestamp.timestamp()
+                            continue
+                    elif type(msg) is TradeCorrection:
+                        reason = self.on_correction(msg)
+                        if reason is None:
+                            continue
+                    else:
+                        continue  # the consumer's inbox passes only ticks and corrections
+                except Exception as e:
+                    report.failed.append((rec, e))
+                    continue
+                rejected[reason] = rejected.get(reason, 0) + 1
+        finally:
+            self._clock_limit = math.inf
+            self._flags = []
+        return report
 
     def _new_day(self, symbol: str, st: _SymbolBars, ts: float) -> None:
         if st.minute is not None:

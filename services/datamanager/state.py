@@ -3,8 +3,8 @@
 One small interface, two backends. What is kept: every subscriber's interest and lease
 (with the interest topic's consumed offsets, written in the same MULTI/EXEC, so a restart
 resumes the topic where the state ends instead of replaying it), the subscription
-revisions per market (only ever moving forward), the latest tick per symbol, the lease
-that elects the active datamanager, and which command correlation ids were answered.
+revisions per market (only ever moving forward) and the latest tick per symbol. The
+active lease and the command claims are ``shared.coordination``'s, on the same client.
 """
 
 from __future__ import annotations
@@ -71,34 +71,6 @@ class DatamanagerState(abc.ABC):
     @abc.abstractmethod
     async def load_latest(self, symbols: Iterable[str]) -> dict[str, PriceUpdate]: ...
 
-    @abc.abstractmethod
-    async def claim_command(self, correlation_id: str, instance: str, ttl_s: float) -> str | None:
-        """Claim answering a command for ``instance``: None if it is ours (now or already),
-        else its holder (``ANSWERED`` once the answer is out). Once per correlation id
-        across instances when durable."""
-
-    @abc.abstractmethod
-    async def command_answered(self, correlation_id: str, ttl_s: float) -> None:
-        """Mark a claimed command answered: nobody claims it again."""
-
-    @abc.abstractmethod
-    async def drop_command_claim(self, correlation_id: str, holder: str) -> None:
-        """Drop ``holder``'s unanswered claim (a holder that died before answering); a
-        claim held by anyone else, or answered, stays."""
-
-    @abc.abstractmethod
-    async def acquire_active(self, instance: str, ttl_s: float) -> bool:
-        """Take or renew the active lease for ``instance``; False if another holds it."""
-
-    @abc.abstractmethod
-    async def release_active(self, instance: str) -> None: ...
-
-    @abc.abstractmethod
-    async def active_holder(self) -> str | None: ...
-
-
-ANSWERED = "answered"  # a command claim's value once its answer is published
-
 
 class MemoryState(DatamanagerState):
     """In this process only: one instance, nothing survives a restart."""
@@ -108,7 +80,6 @@ class MemoryState(DatamanagerState):
     def __init__(self) -> None:
         self._interest = InterestState()
         self._latest: dict[str, PriceUpdate] = {}
-        self._claimed: dict[str, str] = {}
 
     async def load_interest(self) -> InterestState:
         return InterestState(
@@ -133,82 +104,25 @@ class MemoryState(DatamanagerState):
     async def load_latest(self, symbols: Iterable[str]) -> dict[str, PriceUpdate]:
         return {s: t for s in symbols if (t := self._latest.get(s)) is not None}
 
-    async def claim_command(self, correlation_id: str, instance: str, ttl_s: float) -> str | None:
-        holder = self._claimed.get(correlation_id)
-        if holder is not None and holder != instance:
-            return holder
-        if len(self._claimed) > 100_000:
-            self._claimed.clear()
-        self._claimed[correlation_id] = instance
-        return None
-
-    async def command_answered(self, correlation_id: str, ttl_s: float) -> None:
-        self._claimed[correlation_id] = ANSWERED
-
-    async def drop_command_claim(self, correlation_id: str, holder: str) -> None:
-        if self._claimed.get(correlation_id) == holder:
-            del self._claimed[correlation_id]
-
-    async def acquire_active(self, instance: str, ttl_s: float) -> bool:
-        return True
-
-    async def release_active(self, instance: str) -> None:
-        return None
-
-    async def active_holder(self) -> str | None:
-        return None
-
-
-# Renew only our own lease: compare the holder, then extend (atomic in Redis).
-_RENEW = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class RedisState(DatamanagerState):
     """Redis (redis-py asyncio): hashes for subscribers, offsets, revisions, latest ticks."""
 
     durable = True
 
-    def __init__(self, url: str, prefix: str, timeout_s: float = 2.0) -> None:
-        self._url = url
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
         self.prefix = prefix
-        self._timeout_s = timeout_s
-        self._client: aioredis.Redis | None = None
         self._subs = f"{prefix}:subs"
         self._offsets = f"{prefix}:interest_offsets"
         self._revisions = f"{prefix}:revisions"
         self._latest = f"{prefix}:latest"
-        self._active = f"{prefix}:active"
-
-    @property
-    def client(self) -> aioredis.Redis:
-        if self._client is None:
-            self._client = aioredis.Redis.from_url(
-                self._url, socket_timeout=self._timeout_s, socket_connect_timeout=self._timeout_s
-            )
-        return self._client
 
     async def start(self) -> None:
         await self.client.ping()
 
     async def stop(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        await self.client.aclose()
 
     async def load_interest(self) -> InterestState:
         c = self.client
@@ -259,31 +173,3 @@ class RedisState(DatamanagerState):
             return {}
         values = await self.client.hmget(self._latest, names)
         return {s: _tick_decoder.decode(v) for s, v in zip(names, values, strict=True) if v is not None}
-
-    async def claim_command(self, correlation_id: str, instance: str, ttl_s: float) -> str | None:
-        key = f"{self.prefix}:answered:{correlation_id}"
-        if await self.client.set(key, instance.encode(), nx=True, ex=max(int(ttl_s), 1)):
-            return None
-        holder = await self.client.get(key)
-        if holder is None:  # expired between the two calls: try once more
-            ok = await self.client.set(key, instance.encode(), nx=True, ex=max(int(ttl_s), 1))
-            return None if ok else ANSWERED
-        value = holder.decode(errors="replace") if isinstance(holder, bytes) else str(holder)
-        return None if value == instance else value
-
-    async def command_answered(self, correlation_id: str, ttl_s: float) -> None:
-        await self.client.set(f"{self.prefix}:answered:{correlation_id}", ANSWERED.encode(), ex=max(int(ttl_s), 1))
-
-    async def drop_command_claim(self, correlation_id: str, holder: str) -> None:
-        await self.client.eval(_RELEASE, 1, f"{self.prefix}:answered:{correlation_id}", holder)
-
-    async def acquire_active(self, instance: str, ttl_s: float) -> bool:
-        ok = await self.client.eval(_RENEW, 1, self._active, instance, int(ttl_s * 1000))
-        return bool(ok)
-
-    async def release_active(self, instance: str) -> None:
-        await self.client.eval(_RELEASE, 1, self._active, instance)
-
-    async def active_holder(self) -> str | None:
-        v = await self.client.get(self._active)
-        return v.decode() if isinstance(v, bytes) else v

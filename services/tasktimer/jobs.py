@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from services.tasktimer.cron import MAX_SKIPPED_DAYS, next_fire
 from shared.calendars import calendar
-from shared.config import ConfigError, JobSettings, TaskTimerFile, job_param_problems, read_yaml
+from shared.commands import command_param_problems
+from shared.config import ConfigError, JobSettings, TaskTimerFile, read_yaml
 
 HORIZON_WARNING_DAYS = 60
 """``check`` warns about a calendar year that is not confirmed this many days ahead."""
@@ -69,7 +70,7 @@ def check_file(path: Path, env: Mapping[str, str] | None = None, now: datetime |
                 problems.append(f"{where}: {label}: {field}: {msg}")
         params = job.get("params", {})
         if isinstance(params, dict) and isinstance(job.get("command"), str):
-            for field, msg in job_param_problems(job["command"], params):
+            for field, msg in command_param_problems(job["command"], params):
                 problems.append(f"{where}: {label}: {field}: {msg}")
         name = job.get("name")
         if isinstance(name, str):

@@ -26,7 +26,7 @@ async def test_subscribe_receive_unsubscribe(
     config = make_config(topics, data_sources=SIM)
     dm, gw = DataManager(config), FeederGateway(config)
     async with running(dm), running(gw):
-        await eventually(lambda: dm.interest_loaded.is_set() and gw.watcher.caught_up.is_set(), what="services up")
+        await eventually(lambda: dm.interest.loaded.is_set() and gw.watcher.caught_up.is_set(), what="services up")
         async with LiveDataClient(kafka_bootstrap, "p1", "node-a", topics=topics) as client:
             started = time.monotonic()
             await client.subscribe(["aapl.us", "00700.HK"])
@@ -46,4 +46,4 @@ async def test_subscribe_receive_unsubscribe(
             later = {u.symbol for u in await client.next_batch()}
             assert later == {"00700.HK"}
             await client.clear()
-            await eventually(lambda: not dm.registry.all_symbols(), what="interest cleared")
+            await eventually(lambda: not dm.interest.registry.all_symbols(), what="interest cleared")

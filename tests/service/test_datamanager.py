@@ -38,7 +38,7 @@ async def test_interest_becomes_per_market_subscriptions_and_survives_restart(
     async with TopicReader(kafka_bootstrap, topics.subscriptions) as subs:
         dm = DataManager(config)
         async with running(dm):
-            await eventually(lambda: dm.interest_loaded.is_set(), what="interest loaded")
+            await eventually(lambda: dm.interest.loaded.is_set(), what="interest loaded")
             await publish(
                 kafka_bootstrap, topics.interest_updates, interest("p1", "replace", "600000.SH", "AAPL"), key="p1/n"
             )
@@ -58,10 +58,10 @@ async def test_interest_becomes_per_market_subscriptions_and_survives_restart(
         before = len(subs.messages)
         dm2 = DataManager(config)
         async with running(dm2):
-            await eventually(lambda: dm2.interest_loaded.is_set(), what="interest reloaded")
+            await eventually(lambda: dm2.interest.loaded.is_set(), what="interest reloaded")
             await eventually(lambda: len(subs.messages) >= before + 3, what="republished subscriptions")
-            assert dm2.registry.subscriber_symbols("p1", "n") == {"600000.SH"}
-            assert dm2.registry.subscriber_symbols("p2", "n") == {"MSFT"}
+            assert dm2.interest.registry.subscriber_symbols("p1", "n") == {"600000.SH"}
+            assert dm2.interest.registry.subscriber_symbols("p2", "n") == {"MSFT"}
             assert latest(subs, "US") == ("MSFT",) and latest(subs, "CN") == ("600000.SH",)
 
 
@@ -74,11 +74,11 @@ async def test_bar_snapshot_publishes_todays_bars_then_a_result(
         TopicReader(kafka_bootstrap, topics.system_events) as events,
         TopicReader(kafka_bootstrap, topics.market_data) as md,
     ):
-        await eventually(lambda: dm.interest_loaded.is_set(), what="interest loaded")
+        await eventually(lambda: dm.interest.loaded.is_set(), what="interest loaded")
         await publish(
             kafka_bootstrap, topics.interest_updates, interest("p1", "replace", "AAPL", "MSFT", "600000.SH"), key="p1/n"
         )
-        await eventually(lambda: len(dm.registry.all_symbols()) == 3, what="interest applied")
+        await eventually(lambda: len(dm.interest.registry.all_symbols()) == 3, what="interest applied")
         now = utcnow()
         ticks = [
             PriceUpdate(symbol="AAPL", price=100.0, timestamp=now, source="t", last_size=10),
@@ -88,7 +88,7 @@ async def test_bar_snapshot_publishes_todays_bars_then_a_result(
         await eventually(lambda: dm.readiness()[0], timeout_s=15, what="datamanager ready")
         for t in ticks:
             await publish(kafka_bootstrap, topics.market_data, t, key=t.symbol)
-        await eventually(lambda: dm.bars.daily_bar("MSFT") is not None and dm.bars.ticks == 3, what="ticks aggregated")
+        await eventually(lambda: dm.intake.bars.daily_bar("MSFT") is not None and dm.intake.bars.ticks == 3, what="ticks aggregated")
         cmd = ControlCommand(
             command="bar_snapshot", correlation_id="snap-1", timestamp=utcnow(), source="test", params={"period": "1d"}
         )
@@ -105,7 +105,7 @@ async def test_bar_snapshot_publishes_todays_bars_then_a_result(
         )
         await publish(kafka_bootstrap, topics.control_commands, stale, key="datamanager")
         await eventually(
-            lambda: dm.desk.ignored_duplicate == 1 and dm.desk.ignored_stale == 1, what="duplicate and stale ignored"
+            lambda: dm.commands.desk.ignored_duplicate == 1 and dm.commands.desk.ignored_stale == 1, what="duplicate and stale ignored"
         )
         assert [r.correlation_id for r in events.of_type(CommandResult)] == ["snap-1"]
 
@@ -119,7 +119,7 @@ async def test_bad_input_on_every_consumed_topic_is_dead_lettered(
         TopicReader(kafka_bootstrap, topics.deadletter) as dlq,
         TopicReader(kafka_bootstrap, topics.system_events) as events,
     ):
-        await eventually(lambda: dm.interest_loaded.is_set(), what="interest loaded")
+        await eventually(lambda: dm.interest.loaded.is_set(), what="interest loaded")
         await publish(kafka_bootstrap, topics.interest_updates, b'{"type":"interest_update"}', key="x")
         await publish(kafka_bootstrap, topics.interest_updates, interest("p", "add", "NOT A SYMBOL"), key="p/n")
         await eventually(lambda: len(dlq.of_type(DeadLetter)) >= 2, what="interest dead letters")

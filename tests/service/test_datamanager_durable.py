@@ -370,7 +370,7 @@ async def test_leases_expire_far_future_stamps_are_refused_and_interest_resumes_
     ):
         dm = DataManager(config)
         async with running(dm):
-            await eventually(lambda: dm.interest_loaded.is_set(), what="interest loaded")
+            await eventually(lambda: dm.interest.loaded.is_set(), what="interest loaded")
             await producer.send(topics.interest_updates, interest("p1", "replace", ["AAPL"], lease_s=1.0), key="p1/n")
             await producer.send(topics.interest_updates, interest("p2", "replace", ["MSFT"]), key="p2/n")
             year_9999 = datetime(9999, 1, 1, tzinfo=UTC)
@@ -386,16 +386,16 @@ async def test_leases_expire_far_future_stamps_are_refused_and_interest_resumes_
             await eventually(lambda: us() == ("MSFT",), timeout_s=5, what="p1's lease expired")
             letter = await dlq.wait_for(DeadLetter, timeout_s=10)
             assert "ahead of the receive clock" in letter.reason
-            assert "IBM" not in dm.registry.all_symbols()
+            assert "IBM" not in dm.interest.registry.all_symbols()
             stored = {k.decode() for k in await redis_client.hkeys(f"{redis_prefix}:subs")}
             assert stored == {"p2\x1fn"}
         consumed = dm.metrics.messages_in.labels(topics.interest_updates)._value.get()
         assert consumed == 3
         dm2 = DataManager(config)
         async with running(dm2):
-            await eventually(lambda: dm2.interest_loaded.is_set(), what="interest resumed")
-            assert dm2.registry.subscriber_symbols("p2", "n") == {"MSFT"}
-            assert dm2.registry.subscriber_symbols("p1", "n") == frozenset()
+            await eventually(lambda: dm2.interest.loaded.is_set(), what="interest resumed")
+            assert dm2.interest.registry.subscriber_symbols("p2", "n") == {"MSFT"}
+            assert dm2.interest.registry.subscriber_symbols("p1", "n") == frozenset()
             # resumed from Redis at the stored offsets: nothing of the topic was read again
             assert dm2.metrics.messages_in.labels(topics.interest_updates)._value.get() == 0
 
@@ -424,10 +424,10 @@ async def test_snapshot_on_subscribe_within_100_ms_and_from_redis_after_a_restar
         async with running(dm):
             await eventually(lambda: dm.readiness()[0], timeout_s=15, what="datamanager ready")
             await producer.send(topics.interest_updates, interest("p1", "replace", ["AAPL"]), key="p1/n")
-            await eventually(lambda: "AAPL" in dm.registry.all_symbols(), what="p1 subscribed")
+            await eventually(lambda: "AAPL" in dm.interest.registry.all_symbols(), what="p1 subscribed")
             tick = PriceUpdate(symbol="AAPL", price=187.25, timestamp=utcnow(), source="alpaca", last_size=3)
             await producer.send(topics.market_data, tick, key="AAPL")
-            await eventually(lambda: dm.bars.ticks == 1, what="tick aggregated")
+            await eventually(lambda: dm.intake.bars.ticks == 1, what="tick aggregated")
             sent = time.time()
             await producer.send(topics.interest_updates, interest("p2", "add", ["AAPL"]), key="p2/n")
             got = await eventually(lambda: arrivals.snapshots, timeout_s=5, what="snapshot price")
@@ -436,8 +436,8 @@ async def test_snapshot_on_subscribe_within_100_ms_and_from_redis_after_a_restar
             delay_s = received - sent
             print(f"snapshot-on-subscribe: {delay_s * 1000:.1f} ms")
             assert delay_s <= 0.1, delay_s
-            await eventually(lambda: dm.bars.rejected.get("snapshot_replay") == 1, what="own replay not aggregated")
-            assert dm.bars.ticks == 1
+            await eventually(lambda: dm.intake.bars.rejected.get("snapshot_replay") == 1, what="own replay not aggregated")
+            assert dm.intake.bars.ticks == 1
         dm2 = DataManager(config)  # nothing in memory: the latest price comes from Redis
         async with running(dm2):
             await eventually(lambda: dm2.readiness()[0], timeout_s=15, what="restarted datamanager ready")
@@ -470,10 +470,10 @@ async def test_a_tick_of_no_market_is_dead_lettered_and_bad_stamps_do_not_freeze
             await producer.send(topics.market_data, t, key=t.symbol)
         letter = await dlq.wait_for(DeadLetter, timeout_s=10)
         assert "belongs to no market" in letter.reason and letter.source_topic == topics.market_data
-        await eventually(lambda: dm.bars.ticks == 2, what="the good ticks aggregated")
-        day = dm.bars.daily_bar("AAPL")
+        await eventually(lambda: dm.intake.bars.ticks == 2, what="the good ticks aggregated")
+        day = dm.intake.bars.daily_bar("AAPL")
         assert day is not None and (day.open, day.high, day.close, day.volume) == (100.0, 250.0, 250.0, 3)
-        assert dm.bars.rejected == {"bad_price": 1, "future_timestamp": 1}
+        assert dm.intake.bars.rejected == {"bad_price": 1, "future_timestamp": 1}
 
 
 async def test_clickhouse_down_for_10_s_loses_no_bar(
@@ -484,8 +484,8 @@ async def test_clickhouse_down_for_10_s_loses_no_bar(
     try:
         config = make_config(topics, livedata=durable(clickhouse_url=server.url, database="outage"))
         dm = DataManager(config)
-        assert dm.store is not None
-        store = dm.store
+        assert dm.intake.store is not None
+        store = dm.intake.store
         async with running(dm, timeout_s=20), Producer(kafka_bootstrap) as producer:
             await eventually(lambda: dm.readiness()[0], timeout_s=15, what="datamanager ready")
             await producer.send(topics.interest_updates, interest("p1", "replace", ["AAPL"]), key="p1/n")
@@ -503,7 +503,7 @@ async def test_clickhouse_down_for_10_s_loses_no_bar(
                 )
                 await producer.send(topics.market_data, t, key="AAPL")
                 sent += 1
-                await eventually(lambda: dm.bars.ticks == sent, what=f"tick {sent} aggregated")
+                await eventually(lambda: dm.intake.bars.ticks == sent, what=f"tick {sent} aggregated")
 
             await tick()
             await eventually(lambda: store.stored > 0 and not store.pending, what="first bars stored")

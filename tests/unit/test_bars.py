@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from services.datamanager.bars import BarAggregator
 from shared.dto import PriceUpdate
 
 # 2024-03-04 09:31:10 in Shanghai
 T = datetime(2024, 3, 4, 1, 31, 10, tzinfo=UTC)
+
+
+class At(NamedTuple):
+    """Where a folded tick came from, as a consumer record says."""
+
+    partition: int
+    offset: int
 
 
 def tick(
@@ -82,8 +90,8 @@ def test_quality_rejections_are_counted() -> None:
     assert agg.on_tick(tick("AAPL", 30.0, T)) is None  # a real move is never dropped
     assert agg.on_tick(tick("AAPL", 30.0, T)) == "duplicate"
     assert agg.on_tick(tick("AAPL", 30.01, T)) is None  # same instant, another price: a real tick
-    agg.clock_limit = T.timestamp() + 60
-    assert agg.on_tick(tick("AAPL", 30.0, datetime(2100, 1, 1, tzinfo=UTC))) == "future_timestamp"
+    future = agg.fold([(At(0, 1), tick("AAPL", 30.0, datetime(2100, 1, 1, tzinfo=UTC)))], T.timestamp() + 60)
+    assert future.rejected == {"future_timestamp": 1}
     assert agg.on_tick(tick("AAPL", 30.2, T + timedelta(seconds=1))) is None  # not frozen
     assert agg.rejected == {
         "non_positive_price": 1,
@@ -210,10 +218,13 @@ def test_moves_beyond_the_board_limit_are_flagged_not_dropped() -> None:
         ("600001.SH", 10.6, True),  # ST: 5 %
         ("00700.HK", 14.0, False),  # no daily limit; flagged only past 50 %
     ]
-    for i, (symbol, price, _) in enumerate(cases):
-        at = T + timedelta(seconds=i)
-        assert agg.on_tick(PriceUpdate(symbol=symbol, price=price, timestamp=at, source="t", prev_close=10.0)) is None
-    assert [s for s, _, _ in agg.flags] == [s for s, _, flagged in cases if flagged]
+    batch = [
+        (At(0, i), PriceUpdate(symbol=s, price=p, timestamp=T + timedelta(seconds=i), source="t", prev_close=10.0))
+        for i, (s, p, _) in enumerate(cases)
+    ]
+    report = agg.fold(batch, T.timestamp() + 60)
+    assert report.rejected == {} and not report.failed
+    assert [f.symbol for f in report.flags] == [s for s, _, flagged in cases if flagged]
     assert agg.rejected == {}
 
 

@@ -1,0 +1,70 @@
+"""The datamanager's metrics, and the one way a record whose processing raised is handled.
+
+Every part reads its figures through ``DatamanagerMetrics`` (as the feeders share
+``FeederMetrics``); figures another part already counts are read from it when scraped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiokafka import ConsumerRecord
+from prometheus_client import Histogram
+
+from shared.kafka import DeadLetters
+from shared.logs import kv
+from shared.metrics import LATENCY_BUCKETS_S, ServiceMetrics, add_callback_metric
+
+log = logging.getLogger("datamanager")
+
+MAX_FAILURE_KINDS = 100
+"""Distinct failure reasons kept for ``status`` (a flood of distinct messages stays bounded)."""
+
+
+class DatamanagerMetrics:
+    """Counters and gauges of the datamanager, on the service's registry."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.service = metrics
+        self.rejected = metrics.counter(
+            "livedata_datamanager_ticks_rejected", "Ticks dropped by data-quality checks", ["reason"]
+        )
+        self.failed = metrics.counter(
+            "livedata_datamanager_records_failed", "Records whose processing raised (dead-lettered)", ["topic"]
+        )
+        self.flagged = metrics.counter("livedata_datamanager_price_limit_flags", "Moves beyond the board's price limit")
+        self.gaps = metrics.gauge("livedata_datamanager_symbols_in_gap", "Subscribed symbols without ticks in session")
+        self.latency = Histogram(
+            "livedata_tick_latency_seconds",
+            "Provider time → datamanager receive time, per source",
+            ["source"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=metrics.registry,
+        )
+        self.messages_in = metrics.messages_in
+
+    def read(self, kind: str, name: str, doc: str, fn: Callable[[], float]) -> None:
+        """A figure read from its owner when scraped (``kind``: counter or gauge)."""
+        add_callback_metric(self.service, kind, name, doc, fn)
+
+
+class RecordFailures:
+    """A record whose processing raised: dead-lettered with the reason, counted per topic
+    and per reason (bounded) for ``status``; the consumer goes on with the next one."""
+
+    def __init__(self, dead: DeadLetters, metrics: DatamanagerMetrics) -> None:
+        self._dead = dead
+        self._metrics = metrics
+        self.by_reason: dict[str, int] = {}
+
+    async def failed(self, rec: ConsumerRecord[bytes, bytes], error: Exception) -> None:
+        self._metrics.failed.labels(rec.topic).inc()
+        reason = f"processing failed: {type(error).__name__}: {error}"
+        kind = reason[:80]
+        if kind in self.by_reason or len(self.by_reason) < MAX_FAILURE_KINDS:
+            self.by_reason[kind] = self.by_reason.get(kind, 0) + 1
+        try:
+            await self._dead.send(rec, reason[:500])
+        except Exception as e:  # the dead-letter topic itself is away: logged, never fatal
+            log.error("dead letter failed", extra=kv(topic=rec.topic, offset=rec.offset, error=repr(e)))
