@@ -18,7 +18,7 @@ import yaml
 from services.tasktimer.clock import ScaledClock
 from services.tasktimer.cron import fire_id, next_fire, schedule_fingerprint
 from services.tasktimer.service import TaskTimer
-from services.tasktimer.store import MemoryFireStore, RedisFireStore
+from services.tasktimer.store import FireStore, MemoryFireStore, RedisFireStore
 from shared.config import AppConfig, JobSettings, load_config
 from shared.dto import Alert, ControlCommand, Status, utcnow
 from shared.topics import Topics
@@ -262,8 +262,8 @@ async def test_unconfirmed_calendar_year_fires_on_estimated_dates_and_alerts(
 
 async def test_schedule_start_is_set_once_per_schedule(redis_url: str, redis_prefix: str) -> None:
     t0 = datetime(2027, 3, 1, 8, 0, tzinfo=ZoneInfo("UTC"))
-    stores = [MemoryFireStore(), RedisFireStore(redis_url, redis_prefix, 60)]
-    replica = RedisFireStore(redis_url, redis_prefix, 60)
+    stores: list[FireStore] = [MemoryFireStore(), RedisFireStore(redis_url, redis_prefix, 60)]
+    replica: FireStore = RedisFireStore(redis_url, redis_prefix, 60)
     for store in [*stores, replica]:
         await store.start()
     try:
@@ -300,7 +300,7 @@ async def test_a_changed_cron_starts_afresh_and_a_restart_recovers_from_the_star
 
     async def since() -> dict[str, int]:
         raw = await redis_client.hgetall(f"{redis_prefix}:since")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
     def key(job: dict[str, Any]) -> str:
         return f"{job['name']}|{schedule_fingerprint(JobSettings.model_validate(job))}"
