@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
-from shared.backoff import Backoff
 from shared.config import KafkaSettings
 from shared.events import SystemEvents
 from shared.kafka import ensure_system_topics
 from shared.logs import kv
+from shared.tasks import retry_until_stopped, sleep_or_stop
 from shared.topics import Topics
 
 log = logging.getLogger("broker")
@@ -103,38 +103,36 @@ class BrokerWatch:
     async def connect(self, stop: asyncio.Event) -> bool:
         """Start-up: wait (backoff, not ready meanwhile) until the broker answers and the
         system topics exist. False if ``stop`` was set first."""
-        backoff = Backoff(base_s=0.2, cap_s=5.0)
-        first_failure: float | None = None
-        while not stop.is_set():
-            try:
-                await self._probe()
-                if self._kafka.create_topics:
-                    await ensure_system_topics(self._kafka, self._topics)
-                self.state = BrokerState.UP
-                if first_failure is not None:
-                    log.info("broker reachable", extra=kv(waited_s=round(time.monotonic() - first_failure, 1)))
-                return True
-            except (KafkaError, OSError, TimeoutError) as e:
-                self.last_error = repr(e)
-                if first_failure is None:
-                    first_failure = time.monotonic()
-                    log.warning(
-                        "broker not reachable yet, retrying",
-                        extra=kv(bootstrap=self._kafka.bootstrap_servers, error=self.last_error),
-                    )
-                await self._reset_client()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff.next_delay())
-        return False
+
+        async def reach() -> bool:
+            await self._probe()
+            if self._kafka.create_topics:
+                await ensure_system_topics(self._kafka, self._topics)
+            self.state = BrokerState.UP
+            return True
+
+        async def failed(e: BaseException) -> None:
+            self.last_error = repr(e)
+            await self._reset_client()
+
+        reached = await retry_until_stopped(
+            reach,
+            stop,
+            "broker not reachable yet",
+            log,
+            retry_on=(KafkaError, OSError, TimeoutError),
+            on_failure=failed,
+            recovered="broker reachable",
+            bootstrap=self._kafka.bootstrap_servers,
+        )
+        return bool(reached)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Probe until ``stop``; on every return run the reconnect hooks."""
         last_summary = time.monotonic()
         try:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._probe_interval_s)
-                if stop.is_set():
+                if await sleep_or_stop(stop, self._probe_interval_s):
                     return
                 try:
                     present = await self._probe()

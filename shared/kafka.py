@@ -20,6 +20,7 @@ from shared.config import KafkaSettings
 from shared.dto import DeadLetter, DecodeError, Message, decode, encode, utcnow
 from shared.logs import kv
 from shared.metrics import ServiceMetrics
+from shared.tasks import sleep_or_stop
 from shared.topics import Topics
 
 log = logging.getLogger("kafka")
@@ -279,8 +280,7 @@ class KafkaPublisher:
                 "publish failed, retrying",
                 extra=kv(topic=topic, messages=len(failed), error=repr(error), retry_in_s=round(delay, 2)),
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), timeout=delay)
+            await sleep_or_stop(self._closing, delay)
             delivery = await self.send(topic, failed)
         return total
 

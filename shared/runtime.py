@@ -10,7 +10,6 @@ from __future__ import annotations
 import abc
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -23,14 +22,13 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from shared.alarms import LoopHeartbeats, RateAlarm
-from shared.backoff import Backoff
 from shared.broker_watch import BrokerWatch
 from shared.config import AppConfig, ConfigError, HttpSettings, ServiceSettings, load_config
 from shared.events import SystemEvents
 from shared.kafka import KafkaPublisher
 from shared.logs import kv, setup_logging
 from shared.metrics import ServiceMetrics, counter_total
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, retry_until_stopped, sleep_or_stop
 from shared.topics import Topics
 
 log = logging.getLogger("runtime")
@@ -74,9 +72,7 @@ class Service(abc.ABC):
         return a
 
     async def _watch_alarms(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+        while not await sleep_or_stop(stop, 1.0):
             now = time.monotonic()
             for a in self.alarms:
                 a.check(now)
@@ -93,17 +89,13 @@ class Service(abc.ABC):
         stop = stop or asyncio.Event()
         if not await self.broker.connect(stop):
             return False
-        backoff = Backoff(base_s=0.2, cap_s=5.0)
-        while True:
-            try:
-                await self.publisher.start()
-                break
-            except KafkaError as e:
-                log.warning("producer start failed, retrying", extra=kv(error=repr(e)))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff.next_delay())
-                if stop.is_set():
-                    return False
+
+        async def start_producer() -> bool:
+            await self.publisher.start()
+            return True
+
+        if not await retry_until_stopped(start_producer, stop, "producer start failed", log, retry_on=(KafkaError,)):
+            return False
         self._producing = True
         self._watch_tasks = [
             asyncio.create_task(self.broker.run(self._watch_stop), name=f"{self.name}.broker-watch"),

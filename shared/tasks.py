@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -46,19 +47,39 @@ async def retry_until_stopped(
     stop: asyncio.Event,
     what: str,
     log: logging.Logger,
+    *,
     backoff: Backoff | None = None,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
+    on_failure: Callable[[BaseException], Awaitable[None]] | None = None,
+    level: int = logging.WARNING,
+    recovered: str | None = None,
+    **detail: Any,
 ) -> T | None:
-    """Run ``op()`` until it succeeds (its result) or ``stop`` is set (None). Each failure
-    of a ``retry_on`` kind is logged as one warning line with the delay, then retried
-    after a capped, jittered backoff."""
+    """Run ``op()`` until it succeeds (its result) or ``stop`` is set (None).
+
+    A failure of a ``retry_on`` kind is retried after a capped, jittered backoff. The
+    first failure of each kind (exception type) is logged as one line, ``"<what>,
+    retrying"`` with the error and ``detail``, so an outage is said once, not once a
+    retry; a success after failures logs ``recovered`` (default ``"<what>: recovered"``).
+    ``on_failure`` runs after each failure (e.g. to drop a broken client).
+    """
     backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
+    logged: str | None = None
+    started = time.monotonic()
     while not stop.is_set():
         try:
-            return await op()
+            result = await op()
         except retry_on as e:
+            if on_failure is not None:
+                await on_failure(e)
             delay = backoff.next_delay()
-            log.warning(f"{what} failed, retrying", extra=kv(error=repr(e)[:300], retry_in_s=round(delay, 2)))
+            if type(e).__name__ != logged:
+                logged = type(e).__name__
+                log.log(level, f"{what}, retrying", extra=kv(**detail, error=repr(e)[:300], retry_in_s=round(delay, 2)))
             if await sleep_or_stop(stop, delay):
                 break
+            continue
+        if logged is not None:
+            log.info(recovered or f"{what}: recovered", extra=kv(waited_s=round(time.monotonic() - started, 1)))
+        return result
     return None

@@ -74,7 +74,7 @@ class InterestFollower:
     async def run(self, stop: asyncio.Event) -> None:
         """Resume interest from the store, then follow the topic from the stored offsets."""
         self.loaded.clear()
-        loaded = await retry_until_stopped(self._state.load_interest, stop, "load interest", log)
+        loaded = await retry_until_stopped(self._state.load_interest, stop, "loading interest failed", log)
         if loaded is None:
             return
         async with self._lock:
@@ -154,7 +154,7 @@ class InterestFollower:
                 await self._state.save_interest(dirty, offsets, revisions)
                 return True
 
-            await retry_until_stopped(save, stop, "save interest", log)
+            await retry_until_stopped(save, stop, "saving interest failed", log)
 
     async def expire(self, now: float, stop: asyncio.Event) -> None:
         """Drop subscribers whose lease ended; publish and save what that changed."""

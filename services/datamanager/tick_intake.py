@@ -140,7 +140,7 @@ class TickIntake:
             async def load() -> int:
                 return self.bars.restore(await store.resume_rows(days))
 
-            restored = await retry_until_stopped(load, stop, "resume bars from clickhouse", log)
+            restored = await retry_until_stopped(load, stop, "resuming bars from clickhouse failed", log)
             log.info("bars resumed from clickhouse", extra=kv(symbols=restored, days=sorted(str(d) for d in days)))
         self.resumed.set()
 

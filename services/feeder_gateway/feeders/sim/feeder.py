@@ -14,6 +14,7 @@ from services.feeder_gateway.feeders.sim.settings import SimSettings
 from shared.dto import PriceUpdate, utcnow
 from shared.sessions import trading_day
 from shared.symbols import MARKET_TIMEZONES, Market
+from shared.tasks import sleep_or_stop
 
 _PRICE_RANGE = {Market.CN: (3.0, 80.0), Market.HK: (5.0, 400.0), Market.US: (10.0, 500.0)}
 _LOT = {Market.CN: 100, Market.HK: 100, Market.US: 1}
@@ -154,10 +155,7 @@ class SimFeeder(Feeder[SimSettings]):
                     next_step = loop.time()
                     delay = 0.0
                 if delay > 0:
-                    try:
-                        await asyncio.wait_for(self.symbols_changed.wait(), delay)
-                    except TimeoutError:
-                        pass
+                    await sleep_or_stop(self.symbols_changed, delay)  # a change of symbols wakes it
                 else:
                     await asyncio.sleep(0)  # let the publisher run between batches
         finally:
