@@ -93,7 +93,8 @@ async def _datamanager(ctx: BenchContext, topics: Topics, count: int) -> dict[st
     dm = DataManager(config)
 
     def processed() -> float:
-        return dm.bars.ticks + sum(dm.bars.rejected.values())  # dm.bars is replaced on taking over
+        bars = dm.intake.bars  # replaced on taking over
+        return bars.ticks + sum(bars.rejected.values())
 
     gc.collect()
     with LoopSampler(dm.loops, "ticks", processed) as sampler:
@@ -101,8 +102,8 @@ async def _datamanager(ctx: BenchContext, topics: Topics, count: int) -> dict[st
             await sampler.until(lambda v: v >= count, timeout_s=180)
     return {
         "samples": sampler.samples,
-        "bar_symbols": dm.bars.symbol_count,
-        "rejected": dict(dm.bars.rejected),
+        "bar_symbols": dm.intake.bars.symbol_count,
+        "rejected": dict(dm.intake.bars.rejected),
     }
 
 

@@ -109,12 +109,12 @@ async def _aggregation_with_storage(
     config = ctx.load(ctx.config_dir(topics, livedata=_livedata(redis, clickhouse, "bench_agg", group_id=group)))
     await _commit_start(ctx, f"{group}.bars", topics.market_data)
     dm = DataManager(config)
-    assert dm.store is not None
-    store = dm.store
+    assert dm.intake.store is not None
+    store = dm.intake.store
     stored_at_start = store.stored
 
     def processed() -> float:
-        bars = dm.bars  # replaced on taking over
+        bars = dm.intake.bars  # replaced on taking over
         return bars.ticks + sum(bars.rejected.values())
 
     gc.collect()
@@ -128,7 +128,7 @@ async def _aggregation_with_storage(
         "all_stored_at": all_stored_at,
         "bars_stored": store.stored - stored_at_start,
         "clickhouse_failures": store.failures,
-        "rejected": dict(dm.bars.rejected),
+        "rejected": dict(dm.intake.bars.rejected),
     }
 
 
@@ -191,16 +191,16 @@ async def _snapshot_from_clickhouse(
             portfolio_id="bench", node_id="snap", symbols=tuple(symbols), update_type="replace", timestamp=utcnow()
         )
         await publish(boot, topics.interest_updates, update, key="bench/snap")
-        await eventually(lambda: len(first.registry.all_symbols()) == SYMBOLS, timeout_s=30, what="interest")
+        await eventually(lambda: len(first.interest.registry.all_symbols()) == SYMBOLS, timeout_s=30, what="interest")
         now = utcnow()
         ticks = [
             PriceUpdate(symbol=s, price=10.0 + i % 500 / 10, timestamp=now, source="sim", last_size=100)
             for i, s in enumerate(symbols)
         ]
         await produce_raw(ctx, topics.market_data, encoded(ticks), "bench-loader")
-        store = first.store
+        store = first.intake.store
         assert store is not None
-        await eventually(lambda: first.bars.symbol_count >= SYMBOLS, timeout_s=30, what="bars for all symbols")
+        await eventually(lambda: first.intake.bars.symbol_count >= SYMBOLS, timeout_s=30, what="bars for all symbols")
         await eventually(lambda: not store.pending and store.stored >= 2 * SYMBOLS, timeout_s=30, what="stored")
     second = DataManager(config)  # a fresh process's view: nothing in memory
     seen = _Seen()
@@ -212,9 +212,9 @@ async def _snapshot_from_clickhouse(
         TopicTap(ctx, topics.system_events, seen.on_events),
     ):
         await eventually(lambda: second.readiness()[0], timeout_s=30, what="second datamanager ready")
-        assert second.store is not None
+        assert second.intake.store is not None
         read_started = time.perf_counter()
-        rows = await second.store.read(date.fromisoformat(ticks[0].timestamp.date().isoformat()), "1d", symbols)
+        rows = await second.intake.store.read(date.fromisoformat(ticks[0].timestamp.date().isoformat()), "1d", symbols)
         direct_read_ms = (time.perf_counter() - read_started) * 1000
         for _ in range(rounds):
             mark = len(seen.bar_times)
