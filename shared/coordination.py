@@ -149,8 +149,8 @@ class MemoryLease(Lease):
 
 
 class ClaimState(enum.StrEnum):
-    CLAIMED = "claimed"  # the caller holds it now (newly or already)
-    HELD = "held"  # another holder does, and has not completed it
+    CLAIMED = "claimed"  # this call won it: the caller holds it now
+    HELD = "held"  # a claim holds it (another's, or an earlier one of the same owner's)
     DONE = "done"  # completed: nobody claims it again
 
 
@@ -193,13 +193,7 @@ class OnceClaims(abc.ABC):
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'done', false} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'claimed', false} end
-local holder = redis.call('GET', KEYS[2])
-if holder == ARGV[1] then return {'claimed', false} end
-if not holder then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  return {'claimed', false}
-end
-return {'held', holder}
+return {'held', redis.call('GET', KEYS[2])}
 """
 
 _RENEW = """
@@ -228,9 +222,6 @@ class RedisClaims(OnceClaims):
         self._renew = client.register_script(_RENEW)
         self._complete = client.register_script(_COMPLETE)
         self._drop = client.register_script(_COMPARE_AND_DELETE)
-
-    def done_key(self, key: str) -> str:
-        return self._done + key
 
     async def claim(self, key: str, owner: str, ttl_s: float) -> Claim:
         state, holder = await self._claim(
@@ -276,7 +267,7 @@ class MemoryClaims(OnceClaims):
         if self._record(key, now) is not None:
             return Claim(ClaimState.DONE)
         held = self._locks.get(key)
-        if held is not None and held[1] > now and held[0] != owner:
+        if held is not None and held[1] > now:
             return Claim(ClaimState.HELD, held[0])
         if len(self._locks) >= self._max_done:
             self._locks = {k: v for k, v in self._locks.items() if v[1] > now}

@@ -545,26 +545,7 @@ class BarAggregator:
     # -- bars for snapshots -----------------------------------------------------------------
 
     def _bar(self, symbol: str, st: _SymbolBars, o: _Ohlcv, period: str) -> Bar:
-        change = change_pct = None
-        daily = period == "1d"
-        if daily and st.prev_close:
-            change = round(o.close - st.prev_close, 6)
-            change_pct = round(change / st.prev_close * 100.0, 4)
-        return Bar(
-            symbol=symbol,
-            period=period,  # type: ignore[arg-type]
-            open=o.open,
-            high=o.high,
-            low=o.low,
-            close=o.close,
-            volume=o.volume,
-            amount=round(o.amount, 4),
-            change=change,
-            change_pct=change_pct,
-            timestamp=_utc(o.start),
-            source=st.source + AGGREGATED if daily and not st.day_true else st.source,
-            trading_day=st.day.isoformat() if st.day else None,
-        )
+        return row_bar(self._row(symbol, st, o, period))
 
     def daily_bar(self, symbol: str, day: date | None = None) -> Bar | None:
         """Today's (or ``day``'s, if it is the day held) daily bar of a symbol so far."""
@@ -585,16 +566,6 @@ class BarAggregator:
         if st.minute is not None:
             bars.append(self._bar(symbol, st, st.minute, "1m"))
         return bars
-
-    def forget(self, symbols: set[str]) -> None:
-        """Drop the state of symbols nobody is subscribed to any more."""
-        for s in symbols:
-            st = self._symbols.pop(s, None)
-            self._dirty.discard(s)
-            if st is not None and st.minute is not None:
-                opened = self._open_minutes.get(st.minute.start)
-                if opened is not None:
-                    opened.discard(s)
 
     @property
     def symbol_count(self) -> int:

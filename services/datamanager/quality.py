@@ -37,13 +37,6 @@ def board_limit(symbol: str, st: bool = False, no_limit: bool = False) -> float 
     return CN_MAIN_LIMIT
 
 
-def beyond_limit(price: float, prev_close: float, limit: float | None) -> bool:
-    """Whether ``price`` is outside ``prev_close`` ± ``limit`` (plus rounding slack)."""
-    if limit is None or not prev_close > 0:
-        return False
-    return abs(price / prev_close - 1.0) > limit + LIMIT_SLACK
-
-
 class AlertGate:
     """At most one alert per (code, key) every ``interval_s``; counts what it held back."""
 

@@ -51,7 +51,6 @@ class Snapshots:
         self._bars = bars
         self._store = store
         self._state = state
-        self.latest_sent = 0
 
     async def bar_snapshot(self, cmd: ControlCommand) -> dict[str, Any]:
         """The ``bar_snapshot`` handler (params: market, date, period)."""
@@ -107,7 +106,6 @@ class Snapshots:
             return
         items = [(s, msgspec.structs.replace(t, snapshot=True)) for s, t in found.items()]
         await self._publisher.publish_many(self._topics.market_data, items)
-        self.latest_sent += len(items)
 
 
 def _in_memory(bars: BarAggregator, symbol: str, day: date, period: str) -> list[Bar]:

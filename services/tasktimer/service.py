@@ -33,12 +33,12 @@ from services.tasktimer.clock import Clock, as_clock
 from services.tasktimer.cron import MAX_SKIPPED_DAYS, fire_id, horizon_note, missed, next_fire, schedule_fingerprint
 from services.tasktimer.jobs import load_jobs
 from services.tasktimer.store import FireStore, MemoryFireStore, RedisFireStore
-from shared.backoff import Backoff
 from shared.config import TASK_TIMER_FILE, AppConfig, ConfigError, JobSettings, TasktimerSettings
+from shared.coordination import ClaimState
 from shared.dto import ControlCommand, utcnow
 from shared.logs import kv
 from shared.runtime import Service
-from shared.tasks import cancel_and_wait
+from shared.tasks import cancel_and_wait, retry_until_stopped, sleep_or_stop
 
 log = logging.getLogger("tasktimer")
 
@@ -109,27 +109,18 @@ class TaskTimer(Service):
         """Reach the fire store (Redis) with backoff, not ready meanwhile; False if ``stop``
         came first. A Redis that is down or refuses redis.url's credentials is logged once
         per kind of error and retried: it is no crash and no traceback."""
-        backoff = Backoff(base_s=0.2, cap_s=5.0)
-        logged: str | None = None
-        while not stop.is_set():
-            try:
-                await self.store.start()
-            except Exception as e:
-                kind = type(e).__name__
-                if kind != logged:
-                    logged = kind
-                    log.error(
-                        "redis not usable (check redis.url in livedata.yml), retrying",
-                        extra=kv(error=repr(e)[:200]),
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff.next_delay())
-                continue
-            if logged is not None:
-                log.info("redis usable again")
-            self.store_up = True
+
+        async def reach() -> bool:
+            await self.store.start()
             return True
-        return False
+
+        self.store_up = bool(
+            await retry_until_stopped(
+                reach, stop, "redis not usable (check redis.url in livedata.yml)", log, level=logging.ERROR,
+                recovered="redis usable again",
+            )
+        )
+        return self.store_up
 
     def health(self) -> dict[str, Any]:
         return {
@@ -152,15 +143,6 @@ class TaskTimer(Service):
             job=job.name,
         )
 
-    async def _pause(self, schedule_s: float) -> None:
-        """Wait ``schedule_s`` of schedule time, or until the service stops."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=max(self.clock.real_seconds(schedule_s), 0.0))
-
-    async def _pause_real(self, real_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=max(real_s, 0.0))
-
     async def fire(self, job: JobSettings, instant: datetime) -> str | None:
         """Publish the job's command for ``instant`` if this replica wins the fire; retry
         within the grace. Returns the outcome, None when another replica handled it."""
@@ -170,10 +152,10 @@ class TaskTimer(Service):
         while True:
             store_error: Exception | None = None
             try:
-                claim = await self.store.claim(fid, self.replica, ttl_s)
-                if claim == "done":
+                claim = await self.store.claims.claim(fid, self.replica, ttl_s)
+                if claim.state is ClaimState.DONE:
                     return None
-                if claim == "claimed":
+                if claim.state is ClaimState.CLAIMED:
                     break
             except Exception as e:  # Redis away: keep trying within the grace
                 store_error = e
@@ -185,8 +167,7 @@ class TaskTimer(Service):
                 self.events.alert("timer_fire_failed", f"job {job.name}: fire store unavailable", fire=fid)
                 return FAILED
             # another replica holds the fire: check back until it is recorded or its claim lapses
-            await self._pause_real(ttl_s / 2)
-            if self._stopping.is_set():
+            if await sleep_or_stop(self._stopping, ttl_s / 2):
                 return None
         note = horizon_note(job, instant)
         if note is not None:
@@ -209,7 +190,7 @@ class TaskTimer(Service):
             **({"calendar": note} if note else {}),
         }
         try:
-            await self.store.record(job.name, fid, instant, self.replica, record)
+            await self.store.record(job.name, fid, instant, record)
         except Exception as e:
             log.error("fire not recorded", extra=kv(fire=fid, error=repr(e)))
         self._fires.labels(job.name, outcome).inc()
@@ -248,7 +229,7 @@ class TaskTimer(Service):
         while True:
             await asyncio.sleep(ttl_s / 3)
             try:
-                await self.store.renew(fid, self.replica, ttl_s)
+                await self.store.claims.renew(fid, self.replica, ttl_s)
             except Exception as e:
                 log.warning("claim renewal failed", extra=kv(fire=fid, error=repr(e)))
 
@@ -393,8 +374,7 @@ class TaskTimer(Service):
                     soonest = min(pending.values())
                     delay = (soonest - self.clock.now()).total_seconds()
                     if delay > 0:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), timeout=self.clock.real_seconds(delay))
+                        await sleep_or_stop(self._wake, self.clock.real_seconds(delay))
                         continue  # re-check: woken early, by a reload or by stop
                     now = self.clock.now()
                     for name, at in list(pending.items()):

@@ -88,7 +88,8 @@ async def test_bar_snapshot_publishes_todays_bars_then_a_result(
         await eventually(lambda: dm.readiness()[0], timeout_s=15, what="datamanager ready")
         for t in ticks:
             await publish(kafka_bootstrap, topics.market_data, t, key=t.symbol)
-        await eventually(lambda: dm.intake.bars.daily_bar("MSFT") is not None and dm.intake.bars.ticks == 3, what="ticks aggregated")
+        bars = dm.intake.bars
+        await eventually(lambda: bars.daily_bar("MSFT") is not None and bars.ticks == 3, what="ticks aggregated")
         cmd = ControlCommand(
             command="bar_snapshot", correlation_id="snap-1", timestamp=utcnow(), source="test", params={"period": "1d"}
         )
@@ -105,7 +106,8 @@ async def test_bar_snapshot_publishes_todays_bars_then_a_result(
         )
         await publish(kafka_bootstrap, topics.control_commands, stale, key="datamanager")
         await eventually(
-            lambda: dm.commands.desk.ignored_duplicate == 1 and dm.commands.desk.ignored_stale == 1, what="duplicate and stale ignored"
+            lambda: dm.commands.desk.ignored_duplicate == 1 and dm.commands.desk.ignored_stale == 1,
+            what="duplicate and stale ignored",
         )
         assert [r.correlation_id for r in events.of_type(CommandResult)] == ["snap-1"]
 

@@ -436,7 +436,9 @@ async def test_snapshot_on_subscribe_within_100_ms_and_from_redis_after_a_restar
             delay_s = received - sent
             print(f"snapshot-on-subscribe: {delay_s * 1000:.1f} ms")
             assert delay_s <= 0.1, delay_s
-            await eventually(lambda: dm.intake.bars.rejected.get("snapshot_replay") == 1, what="own replay not aggregated")
+            await eventually(
+                lambda: dm.intake.bars.rejected.get("snapshot_replay") == 1, what="own replay not aggregated"
+            )
             assert dm.intake.bars.ticks == 1
         dm2 = DataManager(config)  # nothing in memory: the latest price comes from Redis
         async with running(dm2):

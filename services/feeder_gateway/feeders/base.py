@@ -156,10 +156,3 @@ class Feeder(abc.ABC, Generic[SettingsT]):
     @abc.abstractmethod
     def ticks(self) -> AsyncIterator[list[PriceUpdate]]:
         """Yield tick batches for the desired symbols until closed."""
-
-    @classmethod
-    def from_settings(cls, raw: dict[str, Any], ctx: FeederContext, file: str, key: str) -> Feeder[Any]:
-        """Validate this feeder's settings; errors name the file and the key path."""
-        from services.feeder_gateway.feeders.catalog import validate_settings
-
-        return cls(validate_settings(cls.settings_model, raw, file, key), ctx)  # type: ignore[arg-type]
