@@ -2,8 +2,9 @@
 # Creates .venv and installs the project with its dev tools. As root on Debian it first
 # installs what is missing from Debian's packages: python3-venv, and the servers the tests
 # and `livedata up` start themselves (a headless JRE >= 17 and Maven for Apache Kafka,
-# redis-server, clickhouse-server). Then it resolves the pinned Apache Kafka jars into the
-# cache (~/.cache/ginkgo-livedata). Idempotent and quiet when nothing changed.
+# redis-server, clickhouse-server) and the deploy tests' tools (promtool, docker-compose).
+# Then it resolves the pinned Apache Kafka jars into the cache (~/.cache/ginkgo-livedata).
+# Idempotent and quiet when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +65,11 @@ java_ok || missing+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null 2>&1 || missing+=(clickhouse-server clickhouse-client)
+# tools the deploy tests run: promtool (Debian ships it in `prometheus`; on a systemd host
+# that package also enables a Prometheus service, `systemctl disable --now prometheus` if
+# unwanted) and docker-compose (validates deploy/docker-compose.yml; no engine needed)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}" || echo "bootstrap: without ${missing[*]} the tests that need them fail" >&2
 fi
