@@ -12,7 +12,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError, UnsupportedVersionError
-from aiokafka.partitioner import DefaultPartitioner
 
 from shared.backoff import Backoff
 from shared.compat import producer_idempotent, refresh_metadata
@@ -20,6 +19,7 @@ from shared.config import KafkaSettings
 from shared.dto import DeadLetter, DecodeError, Message, decode, encode, utcnow
 from shared.logs import kv
 from shared.metrics import ServiceMetrics
+from shared.partitioning import partition_of
 from shared.tasks import sleep_or_stop
 from shared.topics import Topics
 
@@ -132,7 +132,6 @@ class KafkaPublisher:
         self._metrics = metrics
         self._started = False
         self._closing = asyncio.Event()
-        self._partitioner = DefaultPartitioner()
         self._placement: dict[str, tuple[list[int], dict[bytes, int]]] = {}
         self._round_robin = 0
         self.lost = 0
@@ -209,7 +208,7 @@ class KafkaPublisher:
                     if p is None:
                         if len(placed) > 100_000:  # bound the cache; keys are symbols, few
                             placed.clear()
-                        p = placed[key] = self._partitioner(key, parts, parts)
+                        p = placed[key] = partition_of(key, parts)
                     partition = p
                 groups.setdefault(partition, []).append(record)
             for partition, records in groups.items():

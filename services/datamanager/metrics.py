@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiokafka import ConsumerRecord
 from prometheus_client import Histogram
@@ -15,6 +16,11 @@ from prometheus_client import Histogram
 from shared.kafka import DeadLetters
 from shared.logs import kv
 from shared.metrics import LATENCY_BUCKETS_S, ServiceMetrics, add_callback_metric
+
+if TYPE_CHECKING:  # the parts import this module
+    from services.datamanager.interest import InterestRegistry
+    from services.datamanager.leadership import Leadership
+    from services.datamanager.tick_intake import TickIntake
 
 log = logging.getLogger("datamanager")
 
@@ -47,6 +53,25 @@ class DatamanagerMetrics:
     def read(self, kind: str, name: str, doc: str, fn: Callable[[], float]) -> None:
         """A figure read from its owner when scraped (``kind``: counter or gauge)."""
         add_callback_metric(self.service, kind, name, doc, fn)
+
+    def read_parts(self, intake: TickIntake, registry: InterestRegistry, leadership: Leadership) -> None:
+        """The figures the parts count themselves."""
+        store = intake.store
+        figures = [
+            ("counter", "ticks_aggregated", "Ticks folded into bars", lambda: intake.bars.ticks),
+            ("counter", "bar_revisions", "Late ticks that revised a bar", lambda: intake.bars.revisions),
+            ("gauge", "subscribers", "Subscribers with interest", lambda: registry.subscriber_count),
+            ("gauge", "symbols", "Symbols in the union of interest", lambda: len(registry.all_symbols())),
+            ("gauge", "active", "1 while this instance is the active one", lambda: float(leadership.active.is_set())),
+        ]
+        if store is not None:
+            figures += [
+                ("gauge", "bars_pending", "Bars waiting for ClickHouse", lambda: len(store.pending)),
+                ("counter", "bars_stored", "Bar rows inserted into ClickHouse", lambda: store.stored),
+                ("counter", "clickhouse_failures", "Failed ClickHouse operations, retried", lambda: store.failures),
+            ]
+        for kind, name, doc, fn in figures:
+            self.read(kind, f"livedata_datamanager_{name}", doc, fn)
 
 
 class RecordFailures:

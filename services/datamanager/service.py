@@ -27,11 +27,10 @@ from services.datamanager.interest_follower import InterestFollower
 from services.datamanager.leadership import Leadership, Role
 from services.datamanager.metrics import DatamanagerMetrics, RecordFailures
 from services.datamanager.snapshots import Snapshots
-from services.datamanager.state import DatamanagerState, MemoryState, RedisState
+from services.datamanager.state import open_homes
 from services.datamanager.tick_intake import TickIntake
 from shared.broker_watch import BrokerReturn
 from shared.config import AppConfig, DatamanagerSettings
-from shared.coordination import Lease, MemoryClaims, MemoryLease, OnceClaims, RedisClaims, RedisLease, redis_client
 from shared.dto import Bar, ControlCommand, InterestUpdate, PriceUpdate, TradeCorrection
 from shared.kafka import DeadLetters, Inbox
 from shared.logs import kv
@@ -52,7 +51,7 @@ class DataManager(Service):
     def __init__(self, config: AppConfig) -> None:
         super().__init__(config, config.livedata.datamanager)
         live, s, t = config.livedata, self.settings, self.topics
-        self.state, lease, claims = _homes(config)
+        self.state, lease, claims = open_homes(live.redis.url, s.redis_key_prefix)
         ch = live.clickhouse
         store = ClickHouseBars(ch.url.get_secret_value(), ch.database, ch.connect_timeout_s) if ch.url else None
         self.dead = DeadLetters(self.publisher, t, self.name, self.metrics)
@@ -86,7 +85,7 @@ class DataManager(Service):
         self.gaps = GapWatch(
             s.gap_alert_s, s.alert_interval_s, self.interest.registry, bars, self.events, m
         )
-        _read_metrics(self)
+        m.read_parts(self.intake, self.interest.registry, self.leadership)
 
     async def _added(self, symbols: set[str]) -> None:
         await self.snapshots.latest_prices(symbols)
@@ -186,32 +185,3 @@ class DataManager(Service):
         if self.role is Role.ACTIVE and self.interest.loaded.is_set():
             log.info("broker back: republishing subscriptions", extra=kv(recreated=sorted(back.recreated)))
             await self.interest.publish_subscriptions(set(Market))
-
-
-def _homes(config: AppConfig) -> tuple[DatamanagerState, Lease, OnceClaims]:
-    """Where state, the active lease and command claims live: Redis, or this process."""
-    url, prefix = config.livedata.redis.url, config.livedata.datamanager.redis_key_prefix
-    if url is None:
-        return MemoryState(), MemoryLease(), MemoryClaims()
-    client = redis_client(url.get_secret_value())
-    return RedisState(client, prefix), RedisLease(client, f"{prefix}:active"), RedisClaims(client, f"{prefix}:command:")
-
-
-def _read_metrics(dm: DataManager) -> None:
-    """Figures the parts count themselves, read when scraped."""
-    m, registry, store = dm.dm_metrics, dm.interest.registry, dm.intake.store
-    figures = [
-        ("counter", "ticks_aggregated", "Ticks folded into bars", lambda: dm.intake.bars.ticks),
-        ("counter", "bar_revisions", "Late ticks that revised a bar", lambda: dm.intake.bars.revisions),
-        ("gauge", "subscribers", "Subscribers with interest", lambda: registry.subscriber_count),
-        ("gauge", "symbols", "Symbols in the union of interest", lambda: len(registry.all_symbols())),
-        ("gauge", "active", "1 while this instance is the active one", lambda: float(dm.leadership.active.is_set())),
-    ]
-    if store is not None:
-        figures += [
-            ("gauge", "bars_pending", "Bars waiting for ClickHouse", lambda: len(store.pending)),
-            ("counter", "bars_stored", "Bar rows inserted into ClickHouse", lambda: store.stored),
-            ("counter", "clickhouse_failures", "Failed ClickHouse operations, retried", lambda: store.failures),
-        ]
-    for kind, name, doc, read in figures:
-        m.read(kind, f"livedata_datamanager_{name}", doc, read)

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 import msgspec
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
 from services.datamanager.interest import Subscriber, SubscriberId
+from shared.coordination import Lease, MemoryClaims, MemoryLease, OnceClaims, RedisClaims, RedisLease, redis_client
 from shared.dto import PriceUpdate, encode
 
 log = logging.getLogger("datamanager.state")
@@ -173,3 +175,12 @@ class RedisState(DatamanagerState):
             return {}
         values = await self.client.hmget(self._latest, names)
         return {s: _tick_decoder.decode(v) for s, v in zip(names, values, strict=True) if v is not None}
+
+
+def open_homes(url: SecretStr | None, prefix: str) -> tuple[DatamanagerState, Lease, OnceClaims]:
+    """Where state, the active lease and the command claims live: one Redis client for all
+    three (``redis.url``), or this process."""
+    if url is None:
+        return MemoryState(), MemoryLease(), MemoryClaims()
+    client = redis_client(url.get_secret_value())
+    return RedisState(client, prefix), RedisLease(client, f"{prefix}:active"), RedisClaims(client, f"{prefix}:command:")
