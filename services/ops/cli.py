@@ -1,19 +1,32 @@
-"""``livedata``: the operator's command line (demo, up, broker, validate, jobs, fire, command)."""
+"""``livedata``: the operator's command line, on Typer and Rich.
+
+This module only wires commands to their modules (services/ops/<group>.py); exit codes
+and the config a command works on are in services/ops/common.py.
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
+import functools
+import logging
 import sys
-import uuid
+from collections.abc import Callable, Coroutine
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from aiokafka.errors import KafkaError
+import typer
 
-from services.ops.servers.base import ServerError
-from shared.config import AppConfig, ConfigError, load_config
-from shared.runtime import run_async
+from services.ops.common import (
+    EXIT_CODES_HELP,
+    INTERRUPTED,
+    UNREACHABLE,
+    USAGE,
+    Unreachable,
+    UsageError,
+    config_for,
+    err,
+)
+from shared.config import ConfigError
 
 REPO_DEMO_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config" / "demo"
 BROKER_HELP = (
@@ -21,52 +34,166 @@ BROKER_HELP = (
     "kafka: Apache Kafka from its Maven jars (needs Java 17+, resolves the jars once)"
 )
 
+app = typer.Typer(
+    name="livedata",
+    help=f"ginkgo-livedata operator commands. {EXIT_CODES_HELP}",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+jobs_app = typer.Typer(help="task_timer.yml jobs: list (default), fire NAME, check FILE.", invoke_without_command=True)
+app.add_typer(jobs_app, name="jobs")
 
-def _config(args: argparse.Namespace) -> AppConfig:
-    return load_config(args.config_dir)
+ConfigDir = Annotated[
+    Path | None,
+    typer.Option("--config-dir", help="config directory (default: $GINKGO_DIR, else ~/.ginkgo, else a running demo)"),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="one JSON object per line, for pipes")]
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+class BrokerKind(StrEnum):
+    tansu = "tansu"
+    kafka = "kafka"
+
+
+T = TypeVar("T")
+
+
+def guarded(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn a command's return code into its exit code; every expected failure is one
+    line on stderr with its exit code (common.py), never a traceback."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> None:
+            from aiokafka.errors import KafkaError
+
+            from services.ops.servers.base import ServerError
+
+            try:
+                code = int(fn(*args, **kwargs) or 0)
+            except ConfigError as e:
+                err(f"livedata {name}: configuration error:\n{e}")
+                code = USAGE
+            except UsageError as e:
+                err(f"livedata {name}: {e}")
+                code = USAGE
+            except Unreachable as e:
+                err(f"livedata {name}: {e}")
+                code = UNREACHABLE
+            except KeyboardInterrupt:
+                code = INTERRUPTED
+            except BrokenPipeError:
+                _quiet_stdout()
+                code = 0
+            except (KafkaError, ServerError, OSError) as e:  # broker or server trouble: one line
+                err(f"livedata {name}: {type(e).__name__}: {e}")
+                code = UNREACHABLE
+            raise typer.Exit(code)
+
+        return run
+
+    return wrap
+
+
+def _quiet_stdout() -> None:
+    """The reader of our stdout is gone (``| head``): later writes go nowhere."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    from shared.runtime import run_async as run_loop
+
+    box: list[T] = []
+
+    async def main() -> int:
+        box.append(await coro)
+        return 0
+
+    run_loop(main())
+    return box[0]
+
+
+# -- the local stack ---------------------------------------------------------------------
+
+
+@app.command(epilog="Example: livedata demo --duration 120 --symbols 600000.SH,AAPL")
+@guarded("demo")
+def demo(
+    config_dir: ConfigDir = None,
+    symbols: Annotated[str | None, typer.Option(help="comma-separated symbols (default: a CN/HK/US handful)")] = None,
+    duration: Annotated[float | None, typer.Option(help="stop by itself after this many seconds")] = None,
+    log_dir: Annotated[str, typer.Option(help="daemon and broker logs")] = ".run/demo",
+    broker: Annotated[BrokerKind, typer.Option(help=BROKER_HELP)] = BrokerKind.tansu,
+) -> int:
+    """Embedded broker + the three daemons + a live view (config: deploy/config/demo)."""
     from services.ops.demo import DEFAULT_SYMBOLS, run_demo
+    from shared.config import load_config
     from shared.logs import setup_logging
 
     setup_logging("demo", "WARNING")
-    config = load_config(args.config_dir or REPO_DEMO_CONFIG)
-    symbols = args.symbols.split(",") if args.symbols else list(DEFAULT_SYMBOLS)
-    log_dir = Path(args.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return run_async(run_demo(config, symbols, args.duration, log_dir, args.broker))
+    config = load_config(config_dir or REPO_DEMO_CONFIG)
+    chosen = symbols.split(",") if symbols else list(DEFAULT_SYMBOLS)
+    return run_async(run_demo(config, chosen, duration, Path(log_dir), broker.value))
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+@app.command(epilog="Example: livedata up --stores   (then, elsewhere: livedata status)")
+@guarded("up")
+def up(
+    config_dir: ConfigDir = None,
+    broker: Annotated[BrokerKind, typer.Option(help=BROKER_HELP)] = BrokerKind.tansu,
+    stores: Annotated[
+        bool, typer.Option(help="also start a local redis-server and clickhouse-server (REDIS_URL, CLICKHOUSE_URL)")
+    ] = False,
+    duration: Annotated[float | None, typer.Option(help="stop by itself after this many seconds")] = None,
+    log_dir: Annotated[str, typer.Option(help="daemon and server logs")] = ".run/up",
+) -> int:
+    """A local broker + the three daemons in the foreground (config: deploy/config/demo)."""
     from services.ops.stack import run_stack
+    from shared.config import load_config
     from shared.logs import setup_logging
 
     setup_logging("up", "WARNING")
-    config = load_config(args.config_dir or REPO_DEMO_CONFIG)
-    return run_async(run_stack(config, args.broker, Path(args.log_dir), args.stores, args.duration))
+    config = load_config(config_dir or REPO_DEMO_CONFIG)
+    return run_async(run_stack(config, broker.value, Path(log_dir), stores, duration))
 
 
-def cmd_broker(args: argparse.Namespace) -> int:
+@app.command("broker", epilog="Example: livedata broker --port 9092 --broker kafka")
+@guarded("broker")
+def broker_cmd(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 9092,
+    broker: Annotated[BrokerKind, typer.Option(help=BROKER_HELP)] = BrokerKind.tansu,
+) -> int:
+    """Run a local broker in the foreground (Tansu, or Apache Kafka); Ctrl-C stops it."""
     import signal
 
     from services.ops.servers import make_broker
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # delivered to sigwait below
-    broker = make_broker(args.broker, port=args.port).start()
-    print(broker.describe(), flush=True)
-    print(f"KAFKA_BOOTSTRAP_SERVERS={broker.address}  (Ctrl-C stops)", flush=True)
+    server = make_broker(broker.value, port=port).start()
+    print(server.describe(), flush=True)
+    print(f"KAFKA_BOOTSTRAP_SERVERS={server.address}  (Ctrl-C stops)", flush=True)
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})  # the launcher only waits for its stop
     finally:
-        broker.close()
+        server.close()
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+@app.command(epilog="Example: livedata validate --config-dir deploy/config/demo")
+@guarded("validate")
+def validate(config_dir: ConfigDir = None) -> int:
+    """Validate a config directory, feeder settings included."""
     from services.feeder_gateway.feeders.catalog import validate_sources
 
-    config = _config(args)
+    config = config_for(config_dir)
     plans = validate_sources(config)
     print(f"{config.directory}: OK")
     for market, plan in plans.items():
@@ -75,268 +202,245 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
-    """``livedata jobs`` without a subcommand lists the jobs."""
-    return cmd_jobs_list(args)
+# -- looking at the system ---------------------------------------------------------------
 
 
-async def _last_outcomes(config: AppConfig) -> tuple[dict[str, dict[str, Any]], str]:
-    """Each job's latest fire record from Redis, and a note on where they came from."""
-    from services.tasktimer.store import RedisFireStore
+@app.command(epilog="Example: livedata watch 600000.SH AAPL      livedata watch 00700.HK --json | jq .price")
+@guarded("watch")
+def watch(
+    symbols: Annotated[list[str], typer.Argument(help="symbols, e.g. 600000.SH 00700.HK AAPL")],
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    count: Annotated[int, typer.Option(help="stop after this many updates (0: never)")] = 0,
+) -> int:
+    """A live table of symbols (last, bid/ask, change, volume, latency, source, flags)."""
+    from services.ops.watch import run_watch
 
-    url = config.livedata.redis.url
-    if url is None:
-        return {}, "no redis.url: last outcomes are known only to the running tasktimer"
-    s = config.livedata.tasktimer
-    store = RedisFireStore(url.get_secret_value(), s.redis_prefix, s.record_ttl_s)
-    try:
-        return await store.outcomes(), "last outcomes from Redis"
-    except Exception as e:
-        return {}, f"Redis unreachable ({type(e).__name__}): no last outcomes"
-    finally:
-        await store.stop()
+    return run_async(run_watch(config_dir, symbols, as_json, duration, count))
 
 
-def cmd_jobs_list(args: argparse.Namespace) -> int:
-    from services.tasktimer.cron import MAX_SKIPPED_DAYS, horizon_note, next_fires
-    from shared.dto import utcnow
+@app.command(epilog="Example: livedata status      livedata status --json | jq .ready")
+@guarded("status")
+def status(
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+    alerts: Annotated[int, typer.Option(help="how many of the last alerts to show")] = 5,
+) -> int:
+    """Every daemon's health and role, markets, queue, conflation, dead letters, lag, alerts.
 
-    count = getattr(args, "fires", 3)  # `livedata jobs` alone: 3
-    if count < 1:
-        print(f"--fires: {count} is not a positive number of fires", file=sys.stderr)
-        return 2
-    config = _config(args)
-    now = utcnow()
-    outcomes, note = run_async_value(_last_outcomes(config))
-    print(f"{'job':<24}{'cron':<22}{'timezone':<18}{'cal':<5}{'next fires (local)':<56} last outcome")
-    unconfirmed = False
-    for job in config.task_timer.jobs:
-        if job.enabled:
-            fires = next_fires(job, now, count)
-            marks = []
-            for f in fires:
-                flagged = horizon_note(job, f) is not None
-                unconfirmed |= flagged
-                marks.append(f.strftime("%Y-%m-%d %H:%M") + ("*" if flagged else ""))
-            nxt = ", ".join(marks) or f"(none: no trading-day instant within {MAX_SKIPPED_DAYS} days)"
-        else:
-            nxt = "(disabled)"
-        last = outcomes.get(job.name)
-        last_s = f"{last['outcome']} {last['instant']} by {last['replica']} late {last['lateness_s']}s" if last else "-"
-        cal = job.calendar.value if job.calendar else "-"
-        print(f"{job.name:<24}{job.cron:<22}{job.timezone:<18}{cal:<5}{nxt:<56} {last_s}")
-    if unconfirmed:
-        print(
-            "* estimated: that calendar year is not confirmed, the day is the holidays library's estimate;"
-            " each such fire alerts (see livedata jobs check)"
-        )
-    print(f"({note})")
-    return 0
+    Exit code 1 when something is not ready, 3 when the broker is unreachable."""
+    from services.ops.status import run_status
+
+    return run_async(run_status(config_dir, as_json, alerts))
 
 
-def cmd_jobs_check(args: argparse.Namespace) -> int:
-    from services.tasktimer.jobs import check_file
-    from shared.calendars import check_overrides
-
-    result = check_file(Path(args.file))
-    problems = [*result.problems, *check_overrides()]
-    for line in problems:
-        print(f"error: {line}")
-    for line in result.warnings:
-        print(f"warning: {line}")
-    if problems:
-        print(f"{args.file}: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
-    n = len(result.jobs.jobs) if result.jobs else 0
-    print(f"{args.file}: OK, {n} jobs" + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
-    return 0
+class Period(StrEnum):
+    m1 = "1m"
+    d1 = "1d"
 
 
-def run_async_value(coro: Any) -> Any:
-    """Run a coroutine to completion and return its value (CLI helpers)."""
-    return asyncio.run(coro)
+class BarsFrom(StrEnum):
+    auto = "auto"
+    store = "store"
+    datamanager = "datamanager"
 
 
-async def _publish_and_wait(config: AppConfig, command: Any, topic: str, key: str, wait_s: float) -> int:
-    from aiokafka import AIOKafkaConsumer
+@app.command(epilog="Example: livedata bars 600000.SH      livedata bars AAPL --date 2026-03-02 --period 1m --csv")
+@guarded("bars")
+def bars(
+    symbol: Annotated[str, typer.Argument(help="one symbol, e.g. 600000.SH")],
+    config_dir: ConfigDir = None,
+    date: Annotated[str | None, typer.Option("--date", help="trading day YYYY-MM-DD (default: today's)")] = None,
+    period: Annotated[Period, typer.Option(help="1d: the daily bar; 1m: minute bars")] = Period.d1,
+    as_json: JsonFlag = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row")] = False,
+    source: Annotated[
+        BarsFrom,
+        typer.Option("--from", help="store: ClickHouse; datamanager: a bar_snapshot; auto: store if configured"),
+    ] = BarsFrom.auto,
+    wait: Annotated[float, typer.Option(help="seconds to wait for the datamanager's answer")] = 10.0,
+) -> int:
+    """Stored bars of one symbol (ClickHouse, else the running datamanager)."""
+    from services.ops.bars import run_bars
 
-    from shared.dto import CommandResult, DecodeError, decode
-    from shared.kafka import KafkaPublisher, assign_all, consumer_options
-    from shared.topics import Topics
-
-    kafka = config.livedata.kafka
-    topics = Topics(config.livedata.topics.prefix)
-    consumer = AIOKafkaConsumer(**consumer_options(kafka, "livedata-cli"))
-    try:
-        await consumer.start()
-        tps = await assign_all(consumer, topics.system_events)
-        await consumer.seek_to_end(*tps)
-        async with KafkaPublisher(kafka, "livedata-cli") as pub:
-            await pub.publish(topic, command, key=key)
-        print(f"published {command.command} correlation_id={command.correlation_id}")
-        if wait_s <= 0:
-            return 0
-        async with asyncio.timeout(wait_s):
-            while True:
-                for recs in (await consumer.getmany(timeout_ms=500)).values():
-                    for rec in recs:
-                        try:
-                            msg = decode(rec.value or b"")
-                        except DecodeError:
-                            continue
-                        if isinstance(msg, CommandResult) and msg.correlation_id == command.correlation_id:
-                            print(f"{msg.service}: ok={msg.ok} duration_ms={msg.duration_ms} {msg.detail}")
-                            return 0 if msg.ok else 1
-    except TimeoutError:
-        print(f"no command_result within {wait_s}s", file=sys.stderr)
-        return 1
-    finally:
-        await consumer.stop()
+    if as_json and as_csv:
+        raise UsageError("--json and --csv exclude each other")
+    output = "json" if as_json else "csv" if as_csv else "table"
+    return run_async(run_bars(config_dir, symbol, date, period.value, output, source.value, wait))  # type: ignore[arg-type]
 
 
-def cmd_fire(args: argparse.Namespace) -> int:
-    """Publish a job's command now with a fresh correlation id and print its result."""
-    from services.tasktimer.cron import fire_id
-    from shared.dto import ControlCommand, utcnow
-    from shared.topics import Topics
+@app.command(epilog="Example: livedata tail --topic deadletter      livedata tail --type price_update --symbol AAPL")
+@guarded("tail")
+def tail(
+    config_dir: ConfigDir = None,
+    topic: Annotated[
+        list[str] | None,
+        typer.Option("--topic", "-t", help="topic suffix (market.data, deadletter, ...); all by default"),
+    ] = None,
+    types: Annotated[
+        list[str] | None, typer.Option("--type", help="message type, e.g. price_update, dead_letter")
+    ] = None,
+    symbol: Annotated[str | None, typer.Option("--symbol", "-s", help="only this symbol (key or field)")] = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", "-b", help="start at the oldest message")] = False,
+    count: Annotated[int, typer.Option("--count", "-n", help="stop after this many messages (0: never)")] = 0,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    as_json: JsonFlag = False,
+) -> int:
+    """Decoded messages of any topic, like kcat (dead letters with their reasons)."""
+    from services.ops.tail import run_tail
 
-    config = _config(args)
-    jobs = {j.name: j for j in config.task_timer.jobs}
-    job = jobs.get(args.job)
-    if job is None:
-        print(f"no job {args.job!r} in task_timer.yml (jobs: {', '.join(jobs) or 'none'})", file=sys.stderr)
-        return 2
-    now = utcnow()
-    cmd = ControlCommand(
-        command=job.command,
-        params=dict(job.params),
-        source="livedata-cli",
-        correlation_id=f"manual:{fire_id(job, now)}:{uuid.uuid4().hex[:8]}",
-        job=job.name,
-        target=job.target,
-        timestamp=now,
-        scheduled_for=now,
-    )
-    topic = Topics(config.livedata.topics.prefix).named(job.topic)
-    return run_async(_publish_and_wait(config, cmd, topic, job.target, args.wait))
+    return run_async(run_tail(config_dir, topic or [], types or [], symbol, from_beginning, count, duration, as_json))
 
 
-def cmd_command(args: argparse.Namespace) -> int:
-    import yaml
+# -- acting on it ------------------------------------------------------------------------
 
-    from shared.dto import ControlCommand, utcnow
-    from shared.topics import Topics
-
-    config = _config(args)
-    params: dict[str, Any] = {}
-    for item in args.param:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"bad parameter {item!r}: expected key=value", file=sys.stderr)
-            return 2
-        params[key] = yaml.safe_load(value)
-    cmd = ControlCommand(
-        command=args.name,
-        params=params,
-        source="livedata-cli",
-        correlation_id=f"cli:{uuid.uuid4().hex}",
-        target=args.target,
-        timestamp=utcnow(),
-    )
-    topics = Topics(config.livedata.topics.prefix)
-    return run_async(_publish_and_wait(config, cmd, topics.control_commands, args.target, args.wait))
+Portfolio = Annotated[str, typer.Option("--portfolio", help="portfolio id of the subscriber")]
+Node = Annotated[str, typer.Option("--node", help="node id of the subscriber")]
+Lease = Annotated[float | None, typer.Option("--lease", help="lease in seconds (default: none, stays until removed)")]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="livedata", description="ginkgo-livedata operator commands.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+@app.command(epilog="Example: livedata subscribe --portfolio p1 --node n1 600000.SH AAPL")
+@guarded("subscribe")
+def subscribe(
+    symbols: Annotated[list[str], typer.Argument(help="symbols to add")],
+    portfolio: Portfolio,
+    node: Node,
+    config_dir: ConfigDir = None,
+    lease: Lease = None,
+) -> int:
+    """Add symbols to a subscriber's interest (an InterestUpdate 'add', as the SDK sends)."""
+    from services.ops.interest import run_interest
 
-    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument(
-            "--config-dir", type=Path, default=None, help="config directory (default: $GINKGO_DIR, else ~/.ginkgo)"
-        )
-        return sp
+    return run_async(run_interest(config_dir, "add", portfolio, node, symbols, lease))
 
-    d = with_config(
-        sub.add_parser("demo", help="embedded broker + three daemons + live view (config: deploy/config/demo)")
-    )
-    d.add_argument("--symbols", help="comma-separated symbols (default: a CN/HK/US handful)")
-    d.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
-    d.add_argument("--log-dir", default=".run/demo", help="daemon and broker logs (default: .run/demo)")
-    d.add_argument("--broker", choices=["tansu", "kafka"], default="tansu", help=BROKER_HELP)
-    d.set_defaults(func=cmd_demo)
 
-    u = with_config(
-        sub.add_parser("up", help="a local broker + the three daemons in the foreground (config: deploy/config/demo)")
-    )
-    u.add_argument("--broker", choices=["tansu", "kafka"], default="tansu", help=BROKER_HELP)
-    u.add_argument(
-        "--stores",
-        action="store_true",
-        help="also start a local redis-server and clickhouse-server (REDIS_URL, CLICKHOUSE_URL for the daemons)",
-    )
-    u.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
-    u.add_argument("--log-dir", default=".run/up", help="daemon and server logs (default: .run/up)")
-    u.set_defaults(func=cmd_up)
+@app.command(epilog="Example: livedata unsubscribe --portfolio p1 --node n1 AAPL")
+@guarded("unsubscribe")
+def unsubscribe(
+    symbols: Annotated[list[str], typer.Argument(help="symbols to remove")],
+    portfolio: Portfolio,
+    node: Node,
+    config_dir: ConfigDir = None,
+) -> int:
+    """Remove symbols from a subscriber's interest (an InterestUpdate 'remove')."""
+    from services.ops.interest import run_interest
 
-    b = sub.add_parser("broker", help="run a local broker in the foreground (Tansu, or Apache Kafka)")
-    b.add_argument("--port", type=int, default=9092)
-    b.add_argument("--broker", choices=["tansu", "kafka"], default="tansu", help=BROKER_HELP)
-    b.set_defaults(func=cmd_broker)
+    return run_async(run_interest(config_dir, "remove", portfolio, node, symbols, None))
 
-    with_config(sub.add_parser("validate", help="validate a config directory, feeder settings included")).set_defaults(
-        func=cmd_validate
-    )
-    j = with_config(sub.add_parser("jobs", help="task_timer.yml jobs: list (default), fire NAME, check FILE"))
-    j.set_defaults(func=cmd_jobs)
-    jsub = j.add_subparsers(dest="jobs_cmd")
 
-    def sub_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--config-dir", type=Path, default=argparse.SUPPRESS, help="config directory")
-        return sp
+Params = Annotated[list[str] | None, typer.Argument(help="key=value parameters (values parsed as YAML scalars)")]
+Target = Annotated[str, typer.Option(help="the service the command is for")]
 
-    jl = sub_config(jsub.add_parser("list", help="name, cron, timezone, calendar, next fires, last outcome (Redis)"))
-    jl.add_argument("--fires", type=int, default=3, metavar="N", help="how many next fires to show (default 3)")
-    jl.set_defaults(func=cmd_jobs_list)
-    jf = sub_config(
-        jsub.add_parser("fire", help="publish a job's command now (fresh correlation id), print the result")
-    )
-    jf.add_argument("job")
-    jf.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the command_result (0: don't)")
-    jf.set_defaults(func=cmd_fire)
-    jc = jsub.add_parser("check", help="validate a task_timer.yml: every mistake (file, job, field); exit 1 if any")
-    jc.add_argument("file")
-    jc.set_defaults(func=cmd_jobs_check)
 
-    f = with_config(sub.add_parser("fire", help="same as: jobs fire NAME"))
-    f.add_argument("job")
-    f.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the command_result (0: don't)")
-    f.set_defaults(func=cmd_fire)
+@app.command(epilog="Example: livedata send bar_snapshot market=CN --wait")
+@guarded("send")
+def send(
+    name: Annotated[str, typer.Argument(help="command, e.g. bar_snapshot, status")],
+    params: Params = None,
+    config_dir: ConfigDir = None,
+    target: Target = "datamanager",
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="print the command_result as it arrives")] = False,
+    timeout: Annotated[float, typer.Option(help="with --wait: seconds to wait for the result")] = 10.0,
+    as_json: JsonFlag = False,
+) -> int:
+    """Publish a control command (correlation id printed); --wait prints its result."""
+    from services.ops.send import run_send
 
-    c = with_config(sub.add_parser("command", help="publish a control command, e.g. bar_snapshot market=CN"))
-    c.add_argument("name")
-    c.add_argument("param", nargs="*", help="key=value parameters (values parsed as YAML scalars)")
-    c.add_argument("--target", default="datamanager")
-    c.add_argument("--wait", type=float, default=10.0)
-    c.set_defaults(func=cmd_command)
-    return p
+    return run_async(run_send(config_dir, name, params or [], target, timeout if wait else 0.0, as_json))
+
+
+@app.command(epilog="Example: livedata command bar_snapshot market=CN --wait 5")
+@guarded("command")
+def command(
+    name: Annotated[str, typer.Argument(help="command, e.g. bar_snapshot")],
+    params: Params = None,
+    config_dir: ConfigDir = None,
+    target: Target = "datamanager",
+    wait: Annotated[float, typer.Option(help="seconds to wait for the command_result (0: don't)")] = 10.0,
+) -> int:
+    """Same as send, waiting --wait SECONDS for the result (the older spelling)."""
+    from services.ops.send import run_send
+
+    return run_async(run_send(config_dir, name, params or [], target, wait, False))
+
+
+# -- jobs --------------------------------------------------------------------------------
+
+Fires = Annotated[int, typer.Option("--fires", metavar="N", help="how many next fires to show")]
+Explain = Annotated[
+    str | None, typer.Option("--explain", metavar="DATE", help="say for each job whether it fires on DATE, and why not")
+]
+
+
+@jobs_app.callback()
+def jobs_default(ctx: typer.Context, config_dir: ConfigDir = None, fires: Fires = 3, explain: Explain = None) -> None:
+    """``livedata jobs`` alone lists the jobs."""
+    ctx.obj = {"config_dir": config_dir}
+    if ctx.invoked_subcommand is None:
+        jobs_list(ctx, config_dir, fires, explain)
+
+
+@jobs_app.command("list", epilog="Example: livedata jobs list --fires 5      livedata jobs list --explain 2026-12-25")
+@guarded("jobs list")
+def jobs_list(ctx: typer.Context, config_dir: ConfigDir = None, fires: Fires = 3, explain: Explain = None) -> int:
+    """Name, cron, timezone, calendar, next fires (2026-12-25 Fri 10:00 +08:00), last outcome."""
+    from services.ops.jobs import run_list
+
+    return run_async(run_list(config_dir or _inherited(ctx), fires, explain))
+
+
+@jobs_app.command("fire", epilog="Example: livedata jobs fire cn_close_snapshot")
+@guarded("jobs fire")
+def jobs_fire(
+    ctx: typer.Context,
+    job: Annotated[str, typer.Argument(help="job name in task_timer.yml")],
+    config_dir: ConfigDir = None,
+    wait: Annotated[float, typer.Option(help="seconds to wait for the command_result (0: don't)")] = 10.0,
+) -> int:
+    """Publish a job's command now (fresh correlation id), print the result."""
+    from services.ops.send import run_fire
+
+    return run_async(run_fire(config_dir or _inherited(ctx), job, wait))
+
+
+@jobs_app.command("check", epilog="Example: livedata jobs check deploy/config/demo/task_timer.yml")
+@guarded("jobs check")
+def jobs_check(file: Annotated[Path, typer.Argument(help="a task_timer.yml")]) -> int:
+    """Validate a task_timer.yml: every mistake (file, job, field); exit 1 if any."""
+    from services.ops.jobs import run_check
+
+    return run_check(file)
+
+
+@app.command("fire", epilog="Example: livedata fire cn_close_snapshot")
+@guarded("fire")
+def fire(
+    job: Annotated[str, typer.Argument(help="job name in task_timer.yml")],
+    config_dir: ConfigDir = None,
+    wait: Annotated[float, typer.Option(help="seconds to wait for the command_result (0: don't)")] = 10.0,
+) -> int:
+    """Same as: jobs fire NAME."""
+    from services.ops.send import run_fire
+
+    return run_async(run_fire(config_dir, job, wait))
+
+
+def _inherited(ctx: typer.Context) -> Path | None:
+    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+    value = obj.get("config_dir")
+    return value if isinstance(value, Path) else None
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
-    args = build_parser().parse_args(argv)
+    """Entry point (``livedata``); returns the exit code (see services/ops/common.py)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its retries; we print the outcome
     try:
-        return int(args.func(args))
-    except ConfigError as e:
-        print(f"livedata {args.cmd}: configuration error:\n{e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except (KafkaError, ServerError, OSError) as e:  # broker or server trouble: one line, no traceback
-        print(f"livedata {args.cmd}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        app(args=argv, prog_name="livedata", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else USAGE)
+    return 0
 
 
 if __name__ == "__main__":

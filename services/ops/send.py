@@ -1,0 +1,129 @@
+"""``livedata send COMMAND [k=v ...]`` (alias ``command``) and ``livedata jobs fire NAME``:
+publish a control command, then print each ``command_result`` for it as it arrives."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+
+from services.ops.common import (
+    NOT_READY,
+    OK,
+    USAGE,
+    UsageError,
+    config_for,
+    err,
+    parse_params,
+    start_consumer,
+    start_publisher,
+)
+from shared.config import AppConfig
+from shared.dto import CommandResult, ControlCommand, DecodeError, decode, utcnow
+from shared.topics import Topics
+
+
+async def publish_and_wait(
+    config: AppConfig,
+    command: ControlCommand,
+    topic: str,
+    key: str,
+    wait_s: float,
+    as_json: bool = False,
+) -> int:
+    """Publish ``command``; with ``wait_s`` > 0 print its result as it arrives (the target
+    answers each correlation id once). 0: ok; 1: ok=false or no result within ``wait_s``."""
+    from shared.kafka import assign_all
+
+    topics = Topics(config.livedata.topics.prefix)
+    consumer = await start_consumer(config, "livedata-cli")
+    try:
+        tps = await assign_all(consumer, topics.system_events)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)  # pin "the end" before publishing: nothing of ours is missed
+        pub = await start_publisher(config, "livedata-cli")
+        try:
+            await pub.publish(topic, command, key=key)
+        finally:
+            await pub.stop()
+        if not as_json:
+            print(f"published {command.command} correlation_id={command.correlation_id}", flush=True)
+        if wait_s <= 0:
+            return OK
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=200)).values():
+                for rec in recs:
+                    try:
+                        msg = decode(rec.value or b"")
+                    except DecodeError:
+                        continue
+                    if not (isinstance(msg, CommandResult) and msg.correlation_id == command.correlation_id):
+                        continue
+                    if as_json:
+                        print(json.dumps(msgspec.to_builtins(msg)), flush=True)
+                    else:
+                        detail = " ".join(f"{k}={v}" for k, v in msg.detail.items())
+                        print(f"{msg.service}: ok={msg.ok} duration_ms={msg.duration_ms:.1f} {detail}", flush=True)
+                    return OK if msg.ok else NOT_READY
+        err(f"no command_result within {wait_s:g}s (is the {command.target} running?)")
+        return NOT_READY
+    finally:
+        await consumer.stop()
+
+
+async def run_send(
+    config_dir: Path | None, name: str, params: list[str], target: str, wait_s: float, as_json: bool
+) -> int:
+    config = config_for(config_dir)
+    try:
+        parsed = parse_params(params)
+    except UsageError as e:
+        err(str(e))
+        return USAGE
+    from shared.commands import command_param_problems
+
+    problems = command_param_problems(name, parsed)
+    if problems:
+        for f, problem in problems:
+            err(f"{name}: {f}: {problem}")
+        return USAGE
+    cmd = ControlCommand(
+        command=name,
+        params=parsed,
+        source="livedata-cli",
+        correlation_id=f"cli:{uuid.uuid4().hex}",
+        target=target,
+        timestamp=utcnow(),
+    )
+    topics = Topics(config.livedata.topics.prefix)
+    return await publish_and_wait(config, cmd, topics.control_commands, target, wait_s, as_json)
+
+
+async def run_fire(config_dir: Path | None, job_name: str, wait_s: float) -> int:
+    """Publish a job's command now with a fresh correlation id and print its result."""
+    from services.tasktimer.cron import fire_id
+
+    config = config_for(config_dir)
+    jobs = {j.name: j for j in config.task_timer.jobs}
+    job = jobs.get(job_name)
+    if job is None:
+        err(f"no job {job_name!r} in task_timer.yml (jobs: {', '.join(jobs) or 'none'})")
+        return USAGE
+    now = utcnow()
+    cmd = ControlCommand(
+        command=job.command,
+        params=dict(job.params),
+        source="livedata-cli",
+        correlation_id=f"manual:{fire_id(job, now)}:{uuid.uuid4().hex[:8]}",
+        job=job.name,
+        target=job.target,
+        timestamp=now,
+        scheduled_for=now,
+    )
+    topic = Topics(config.livedata.topics.prefix).named(job.topic)
+    return await publish_and_wait(config, cmd, topic, job.target, wait_s)
