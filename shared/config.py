@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -201,6 +201,34 @@ class GatewaySettings(ServiceSettings):
     """Alert (rate-limited) when ticks are conflated faster than this, over 10 s."""
 
 
+ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+"""Characters of the ids a remote party names (portfolio_id, node_id, correlation_id,
+signing key ids): they become Redis keys and log fields."""
+
+
+class InterestLimits(Strict):
+    """Bounds on what interest updates and commands may ask of the datamanager
+    (``datamanager.limits``). An update past one is dead-lettered whole (the subscriber
+    keeps its previous set), counted (``livedata_datamanager_input_rejected_total{reason}``)
+    and alerted."""
+
+    max_symbols_per_subscriber: int = Field(10_000, ge=1)
+    """Symbols one subscriber may hold."""
+    max_subscribers: int = Field(10_000, ge=1)
+    """Subscribers known at once (a new one past this is refused; leases free places)."""
+    max_symbols_per_market: int = Field(10_000, ge=1)
+    """Symbols in one market's union: what the gateway subscribes at the provider (its
+    bill, and a ban for asking too much). An update that would grow a union past it is refused."""
+    max_id_length: int = Field(128, ge=8, le=1024)
+    """Longest ``portfolio_id``, ``node_id`` and ``correlation_id`` (characters
+    ``A-Za-z0-9._:@-`` only: they become Redis keys)."""
+    min_lease_s: float = Field(1.0, gt=0)
+    """Shortest subscriber lease accepted (shorter: refused); the longest is ``max_lease_s``."""
+    rejected_alert_per_s: float = Field(0.0, ge=0)
+    """Alert (at most once per ``alert_interval_s``) while rejections exceed this rate;
+    0: any rejection alerts."""
+
+
 class DatamanagerSettings(ServiceSettings):
     """datamanager settings."""
 
@@ -217,6 +245,14 @@ class DatamanagerSettings(ServiceSettings):
     takes over once the active one has not renewed it for this long."""
     max_lease_s: float = Field(86_400.0, gt=0)
     """Longest subscriber lease accepted; longer ones are cut to this."""
+    limits: InterestLimits = InterestLimits()
+    """Bounds on interest updates and commands (symbols, subscribers, ids, leases)."""
+    oldest_tick: date = date(2000, 1, 1)
+    """Ticks stamped before this day are rejected (``past_timestamp``), as ticks from the
+    future are: a tick dated 1990 must not make bars for that day."""
+    max_tick_age_days: float = Field(7.0, gt=0)
+    """Ticks older than this are rejected too (``past_timestamp``); market data is kept a
+    day on the broker, so nothing older can be real."""
     max_clock_skew_s: float = Field(300.0, gt=0)
     """Ticks, interest updates and commands stamped further than this ahead of the receive clock are
     rejected (a tick dated 2100 must not freeze a symbol, a lease of 9999 never expire)."""
@@ -254,6 +290,29 @@ class TasktimerSettings(ServiceSettings):
     """This replica's name in fire records (None: host:pid)."""
 
 
+class SecuritySettings(Strict):
+    """Identity on what the broker cannot check, and file modes (``security``).
+
+    Signing: with ``sign`` set, interest updates and control commands this process
+    publishes carry ``key_id`` and ``sig``, an HMAC-SHA256 of their canonical bytes
+    (shared/signing.py) by the key ``secure.yml: signing_keys.<sign>``. The datamanager
+    verifies against every key in its own ``signing_keys`` (two at once while rotating)."""
+
+    sign: str | None = Field(None, pattern=ID_PATTERN, max_length=64)
+    """Key id this process signs with; the secret is ``signing_keys.<id>`` in secure.yml."""
+    require_signed: bool = False
+    """Datamanager: dead-letter unsigned interest updates and commands too (badly signed
+    ones are dead-lettered always)."""
+    max_age_s: float = Field(300.0, gt=0)
+    """A signed message stamped further than this from the time it is judged by (now; the
+    broker's record time while the interest history loads) is refused (against replay)."""
+    replay_memory: int = Field(100_000, ge=100)
+    """Signatures remembered to refuse a replay within ``max_age_s`` (size it to the
+    signed messages a window brings; past it the oldest are forgotten)."""
+    strict_file_modes: bool = False
+    """Refuse to start when secure.yml is readable by group or others (else a warning)."""
+
+
 class LoggingSettings(Strict):
     """Log level and format (env: GINKGO_LOG_LEVEL)."""
 
@@ -272,6 +331,7 @@ class LivedataSettings(Strict):
     datamanager: DatamanagerSettings = DatamanagerSettings()
     tasktimer: TasktimerSettings = TasktimerSettings()
     logging: LoggingSettings = LoggingSettings()
+    security: SecuritySettings = SecuritySettings()
 
 
 class SourceEntry(BaseModel):
@@ -384,6 +444,10 @@ class AppConfig(Strict):
     task_timer: TaskTimerFile
     secrets: dict[str, dict[str, SecretStr]] = {}
     """secure.yml: per source name, its secret settings."""
+    signing_keys: dict[str, SecretStr] = {}
+    """secure.yml ``signing_keys``: key id → secret (shared/signing.py)."""
+    file_mode_warning: str | None = None
+    """secure.yml is readable by group or others (logged at start)."""
 
     def source_settings(self, entry: SourceEntry) -> dict[str, Any]:
         """A source's settings with its secrets from secure.yml merged in."""
@@ -455,6 +519,50 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 sect[key] = env[var]
 
 
+SIGNING_KEYS = "signing_keys"
+"""secure.yml section of signing keys (id → secret), not a source name."""
+MIN_SIGNING_KEY_LENGTH = 16
+
+
+def _signing_keys(raw_secure: dict[str, Any], where: str, security: SecuritySettings) -> dict[str, SecretStr]:
+    """Pop secure.yml's ``signing_keys`` (in place) and check them; never echoes a secret."""
+    values = raw_secure.pop(SIGNING_KEYS, None) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {SIGNING_KEYS}: expected a mapping of key id to secret")
+    keys: dict[str, SecretStr] = {}
+    for key_id, secret in values.items():
+        if not isinstance(key_id, str) or not re.match(ID_PATTERN, key_id) or len(key_id) > 64:
+            raise ConfigError(f"{where}: {SIGNING_KEYS}: a key id is not 1-64 characters of A-Za-z0-9._:@-")
+        if not isinstance(secret, str):
+            raise ConfigError(f"{where}: {SIGNING_KEYS}.{key_id}: expected a string, got {type(secret).__name__}")
+        if len(secret) < MIN_SIGNING_KEY_LENGTH:
+            raise ConfigError(
+                f"{where}: {SIGNING_KEYS}.{key_id}: shorter than {MIN_SIGNING_KEY_LENGTH} characters "
+                "(e.g. `openssl rand -hex 32`)"
+            )
+        keys[key_id] = SecretStr(secret)
+    if security.sign is not None and security.sign not in keys:
+        raise ConfigError(
+            f"{where}: {SIGNING_KEYS}.{security.sign}: not set (security.sign in {LIVEDATA_FILE} names it)"
+        )
+    return keys
+
+
+def _secure_file_mode(path: Path, strict: bool) -> str | None:
+    """The warning for a secure.yml that group or others can read (as ssh and libpq
+    judge key and password files); with ``strict`` a ConfigError instead."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return None
+    if not mode & 0o077:
+        return None
+    problem = f"{path}: mode {mode:04o} lets group or others read it (chmod 600 {path})"
+    if strict:
+        raise ConfigError(f"{problem}; security.strict_file_modes refuses to start")
+    return problem
+
+
 def default_config_dir(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("GINKGO_DIR") or Path.home() / ".ginkgo")
@@ -482,6 +590,8 @@ def load_config(directory: Path | str | None = None, env: Mapping[str, str] | No
     sources = validate(DataSources, DATA_SOURCES_FILE, read_yaml(d / DATA_SOURCES_FILE, env))
     timer = validate(TaskTimerFile, TASK_TIMER_FILE, read_yaml(d / TASK_TIMER_FILE, env))
     raw_secure = read_yaml(d / SECURE_FILE, env)
+    signing_keys = _signing_keys(raw_secure, str(d / SECURE_FILE), livedata.security)
+    mode_warning = _secure_file_mode(d / SECURE_FILE, livedata.security.strict_file_modes)
     secrets: dict[str, dict[str, SecretStr]] = {}
     for name, values in raw_secure.items():
         if not isinstance(values, dict):
@@ -495,4 +605,12 @@ def load_config(directory: Path | str | None = None, env: Mapping[str, str] | No
     for name in secrets:
         if name not in names:
             raise ConfigError(f"{d / SECURE_FILE}: {name}: no source of that name in {DATA_SOURCES_FILE}")
-    return AppConfig(directory=d, livedata=livedata, data_sources=sources, task_timer=timer, secrets=secrets)
+    return AppConfig(
+        directory=d,
+        livedata=livedata,
+        data_sources=sources,
+        task_timer=timer,
+        secrets=secrets,
+        signing_keys=signing_keys,
+        file_mode_warning=mode_warning,
+    )

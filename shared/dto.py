@@ -133,6 +133,8 @@ class InterestUpdate(_Message, tag="interest_update", frozen=True):
     timestamp: AwareDatetime
     v: SchemaVersion = SCHEMA_VERSION
     lease_s: float | None = None  # drop this subscriber's symbols if not renewed in time
+    key_id: str | None = None  # the signing key (security.sign), see shared/signing.py
+    sig: str | None = None  # HMAC-SHA256 (hex) of the canonical bytes, by that key
 
 
 class ControlCommand(_Message, tag="control_command", frozen=True):
@@ -147,6 +149,8 @@ class ControlCommand(_Message, tag="control_command", frozen=True):
     target: str = "datamanager"
     scheduled_for: AwareDatetime | None = None  # the cron instant, for timer-issued commands
     job: str | None = None  # the task_timer.yml job that issued it (timer and `livedata jobs fire`)
+    key_id: str | None = None  # the signing key (security.sign), see shared/signing.py
+    sig: str | None = None  # HMAC-SHA256 (hex) of the canonical bytes, by that key
 
 
 class Subscription(_Message, tag="subscription", frozen=True):

@@ -148,8 +148,10 @@ class BarAggregator:
     ``fold(records, clock_limit)`` folds one consumed batch and reports what happened to
     it: rejections by reason, moves beyond the board's limit (``PriceLimitFlag``), each
     source's newest provider time, and the records whose folding raised. Ticks stamped
-    after ``clock_limit`` (epoch s) are rejected (``future_timestamp``). ``on_tick`` and
-    ``on_correction`` fold one message outside a batch (no clock limit).
+    after ``clock_limit`` (epoch s) are rejected (``future_timestamp``), ticks stamped
+    before ``clock_floor`` too (``past_timestamp``: a tick dated 1990 must not make bars for
+    that day). ``on_tick`` and ``on_correction`` fold one message outside a batch (no clock
+    limits).
     """
 
     def __init__(
@@ -166,6 +168,7 @@ class BarAggregator:
         self.st_symbols = st_symbols
         self.no_limit_symbols = no_limit_symbols
         self._clock_limit = math.inf  # set by fold for its batch
+        self._clock_floor = -math.inf
         self._symbols: dict[str, _SymbolBars] = {}
         self._open_minutes: dict[float, set[str]] = {}
         self._dirty: set[str] = set()  # daily / open minute changed since the last drain
@@ -220,6 +223,8 @@ class BarAggregator:
         ts = t.timestamp.timestamp()
         if ts > self._clock_limit:
             return self._reject("future_timestamp")
+        if ts < self._clock_floor:
+            return self._reject("past_timestamp")
         if ts <= st.last_ts:
             if ts < st.last_ts:
                 if ts < st.last_ts - self.late_grace_s:
@@ -387,13 +392,16 @@ class BarAggregator:
         self.corrections += 1
         return None
 
-    def fold(self, records: Iterable[tuple[Folded, Message]], clock_limit: float) -> FoldReport:
+    def fold(
+        self, records: Iterable[tuple[Folded, Message]], clock_limit: float, clock_floor: float = -math.inf
+    ) -> FoldReport:
         """Fold one consumed batch of (record, message) in order; never raises for one record."""
         report = FoldReport()
         rejected = report.rejected
         newest = report.newest
         on_tick = self.on_tick
         self._clock_limit = clock_limit
+        self._clock_floor = clock_floor
         self._flags = report.flags
         try:
             for rec, msg in records:
@@ -415,6 +423,7 @@ class BarAggregator:
                 rejected[reason] = rejected.get(reason, 0) + 1
         finally:
             self._clock_limit = math.inf
+            self._clock_floor = -math.inf
             self._flags = []
         return report
 

@@ -16,6 +16,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer
 
+from services.datamanager.admission import Admission
 from services.datamanager.commands import CommandDesk
 from services.datamanager.consumers import assigned_consumer, pin_start
 from services.datamanager.metrics import RecordFailures
@@ -46,6 +47,7 @@ class CommandIntake:
         dead: DeadLetters,
         failures: RecordFailures,
         loops: LoopHeartbeats,
+        admission: Admission,
     ) -> None:
         self._service = service
         self._instance_id = instance_id
@@ -58,6 +60,7 @@ class CommandIntake:
         self._dead = dead
         self._failures = failures
         self._loops = loops
+        self.admission = admission  # ids and signatures, checked before a command is claimed
         self.desk = CommandDesk(service, settings.command_freshness_s)
         self.ready = asyncio.Event()
 
@@ -75,6 +78,10 @@ class CommandIntake:
                     continue
                 for rec, msg in await self._inbox.decode(batches):
                     assert isinstance(msg, ControlCommand)
+                    problem = self.admission.command_problem(rec, msg, time.time())
+                    if problem is not None:  # bad ids, unsigned under require_signed, bad signature, replay
+                        await self.admission.reject(rec, problem)
+                        continue
                     try:
                         await self._handle(msg)
                     except Exception as e:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shared.dto import InterestUpdate
+from shared.config import InterestLimits
+from shared.dto import InterestUpdate, UpdateType
 from shared.symbols import Market, market_of, normalize
 
 SubscriberId = tuple[str, str]  # (portfolio_id, node_id)
@@ -28,12 +29,19 @@ class InterestRegistry:
     by ``expire``. Every method returns the markets whose union changed. A record applied
     again (its offset not past the subscriber's last) changes nothing. ``dirty`` names the
     subscribers changed since the store last took them; ``last_added`` the symbols the
-    last ``apply`` added to that subscriber (for snapshot-on-subscribe).
+    last ``apply`` added to that subscriber (for snapshot-on-subscribe). ``over_limit``
+    says whether an update would pass one of ``limits`` (checked before ``apply``).
     """
 
-    def __init__(self, default_lease_s: float | None = None, max_lease_s: float = 86_400.0) -> None:
+    def __init__(
+        self,
+        default_lease_s: float | None = None,
+        max_lease_s: float = 86_400.0,
+        limits: InterestLimits | None = None,
+    ) -> None:
         self.default_lease_s = default_lease_s
         self.max_lease_s = max_lease_s
+        self.limits = limits or InterestLimits()
         self._subscribers: dict[SubscriberId, Subscriber] = {}
         self.dirty: set[SubscriberId] = set()
         self.last_added: frozenset[str] = frozenset()
@@ -54,15 +62,7 @@ class InterestRegistry:
         if current is not None and 0 <= offset <= current.offset:
             return set()  # a redelivery
         old = current.symbols if current else frozenset()
-        kind = update.update_type
-        if kind == "replace":
-            new = symbols
-        elif kind == "add":
-            new = old | symbols
-        elif kind == "remove":
-            new = old - symbols
-        else:  # clear
-            new = frozenset()
+        new = _next_set(old, update.update_type, symbols)
         lease = update.lease_s if update.lease_s is not None else self.default_lease_s
         expires = update.timestamp.timestamp() + min(lease, self.max_lease_s) if lease is not None else None
         if new or offset >= 0:  # an emptied subscriber stays as a tombstone of its offset
@@ -72,6 +72,36 @@ class InterestRegistry:
         self.dirty.add(sid)
         self.last_added = new - old
         return self._change(old, new)
+
+    def over_limit(self, update: InterestUpdate, symbols: frozenset[str]) -> tuple[str, str] | None:
+        """(reason, detail) if applying ``update`` (its canonical ``symbols``) would pass a
+        limit: a new subscriber past ``max_subscribers``, a set past
+        ``max_symbols_per_subscriber``, a market's union past ``max_symbols_per_market``."""
+        lim = self.limits
+        current = self._subscribers.get((update.portfolio_id, update.node_id))
+        old = current.symbols if current else frozenset()
+        new = _next_set(old, update.update_type, symbols)
+        if current is None and new and len(self._subscribers) >= lim.max_subscribers:
+            return "too_many_subscribers", f"datamanager.limits.max_subscribers ({lim.max_subscribers}) are known"
+        if len(new) > lim.max_symbols_per_subscriber:
+            return (
+                "too_many_symbols",
+                f"{len(new)} symbols for one subscriber, datamanager.limits.max_symbols_per_subscriber "
+                f"is {lim.max_symbols_per_subscriber}",
+            )
+        growth: dict[Market, int] = {}
+        for s in new - old:
+            if s not in self._refcount:
+                m = market_of(s)
+                growth[m] = growth.get(m, 0) + 1
+        for m, n in growth.items():
+            if len(self._by_market[m]) + n > lim.max_symbols_per_market:
+                return (
+                    "market_union_full",
+                    f"{m.value} would have {len(self._by_market[m]) + n} symbols, "
+                    f"datamanager.limits.max_symbols_per_market is {lim.max_symbols_per_market}",
+                )
+        return None
 
     def load(self, subscribers: dict[SubscriberId, Subscriber]) -> None:
         """Replace the whole state with stored subscribers (a restart or a takeover)."""
@@ -134,3 +164,13 @@ class InterestRegistry:
     def subscriber_count(self) -> int:
         """Subscribers holding at least one symbol."""
         return sum(1 for s in self._subscribers.values() if s.symbols)
+
+
+def _next_set(old: frozenset[str], kind: UpdateType, symbols: frozenset[str]) -> frozenset[str]:
+    if kind == "replace":
+        return symbols
+    if kind == "add":
+        return old | symbols
+    if kind == "remove":
+        return old - symbols
+    return frozenset()  # clear

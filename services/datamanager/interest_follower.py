@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from services.datamanager.admission import Admission
 from services.datamanager.interest import InterestRegistry
 from services.datamanager.metrics import RecordFailures
 from services.datamanager.state import DatamanagerState
@@ -55,6 +55,7 @@ class InterestFollower:
         failures: RecordFailures,
         loops: LoopHeartbeats,
         on_added: SnapshotSender,
+        admission: Admission,
     ) -> None:
         self._settings = settings
         self._kafka = kafka
@@ -66,7 +67,8 @@ class InterestFollower:
         self._failures = failures
         self._loops = loops
         self._on_added = on_added
-        self.registry = InterestRegistry(settings.default_lease_s, settings.max_lease_s)
+        self.admission = admission
+        self.registry = InterestRegistry(settings.default_lease_s, settings.max_lease_s, settings.limits)
         self.loaded = asyncio.Event()
         self._revision: dict[Market, int] = {}
         self._lock = asyncio.Lock()
@@ -125,18 +127,28 @@ class InterestFollower:
 
     async def _apply(self, records: list[tuple[ConsumerRecord[bytes, bytes], Message]]) -> tuple[set[Market], set[str]]:
         """Apply decoded updates; one that fails its checks is dead-lettered. Returns the
-        markets whose union changed and the symbols subscribers added."""
+        markets whose union changed and the symbols subscribers added.
+
+        Admission (key, ids, lease, signature, limits) refuses with a counted reason. A
+        signature's freshness is judged by now when following the topic, by the time the
+        broker stamped the record while the history loads (else the history of a signed
+        system would never load again)."""
         changed: set[Market] = set()
         added: set[str] = set()
-        limit = time.time() + self._settings.max_clock_skew_s
+        now = time.time()
+        limit = now + self._settings.max_clock_skew_s
+        live = self.loaded.is_set()
         for rec, msg in records:
             assert isinstance(msg, InterestUpdate)
             try:
                 if msg.timestamp.timestamp() > limit:
                     raise ValueError(f"timestamp {msg.timestamp.isoformat()} is ahead of the receive clock")
-                if msg.lease_s is not None and not (math.isfinite(msg.lease_s) and msg.lease_s > 0):
-                    raise ValueError(f"lease_s {msg.lease_s!r} is not a positive finite number")
-                self.registry.validate(msg)
+                symbols = frozenset(self.registry.validate(msg))
+                judged_at = now if live else min(now, rec.timestamp / 1000.0)
+                problem = self.admission.interest_problem(rec, msg, judged_at) or self.registry.over_limit(msg, symbols)
+                if problem is not None:
+                    await self.admission.reject(rec, problem)
+                    continue
                 changed |= self.registry.apply(msg, rec.offset)
                 added |= self.registry.last_added
             except Exception as e:

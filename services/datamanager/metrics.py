@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # the parts import this module
 
 log = logging.getLogger("datamanager")
 
+OTHER_SOURCE = "other"
+"""The label of ticks from a source not in data_sources.yml."""
+
 MAX_FAILURE_KINDS = 100
 """Distinct failure reasons kept for ``status`` (a flood of distinct messages stays bounded)."""
 
@@ -31,8 +34,9 @@ MAX_FAILURE_KINDS = 100
 class DatamanagerMetrics:
     """Counters and gauges of the datamanager, on the service's registry."""
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(self, metrics: ServiceMetrics, sources: frozenset[str] = frozenset()) -> None:
         self.service = metrics
+        self._sources = sources
         self.rejected = metrics.counter(
             "livedata_datamanager_ticks_rejected", "Ticks dropped by data-quality checks", ["reason"]
         )
@@ -40,6 +44,11 @@ class DatamanagerMetrics:
             "livedata_datamanager_records_failed", "Records whose processing raised (dead-lettered)", ["topic"]
         )
         self.flagged = metrics.counter("livedata_datamanager_price_limit_flags", "Moves beyond the board's price limit")
+        self.input_rejected = metrics.counter(
+            "livedata_datamanager_input_rejected",
+            "Interest updates and commands refused by identity, signature or limit checks (dead-lettered)",
+            ["reason"],
+        )
         self.gaps = metrics.gauge("livedata_datamanager_symbols_in_gap", "Subscribed symbols without ticks in session")
         self.latency = Histogram(
             "livedata_tick_latency_seconds",
@@ -49,6 +58,11 @@ class DatamanagerMetrics:
             registry=metrics.registry,
         )
         self.messages_in = metrics.messages_in
+
+    def source_label(self, source: str) -> str:
+        """A tick's ``source`` as a label value: a configured source name, else ``other``
+        (a label value from message content would make a new series per value)."""
+        return source if source in self._sources else OTHER_SOURCE
 
     def read(self, kind: str, name: str, doc: str, fn: Callable[[], float]) -> None:
         """A figure read from its owner when scraped (``kind``: counter or gauge)."""

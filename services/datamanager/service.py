@@ -20,6 +20,7 @@ import logging
 import time
 from typing import Any
 
+from services.datamanager.admission import Admission
 from services.datamanager.barstore import ClickHouseBars
 from services.datamanager.command_intake import CommandIntake
 from services.datamanager.gap_watch import GapWatch
@@ -34,7 +35,9 @@ from shared.config import AppConfig, DatamanagerSettings
 from shared.dto import Bar, ControlCommand, InterestUpdate, PriceUpdate, TradeCorrection
 from shared.kafka import DeadLetters, Inbox
 from shared.logs import kv
+from shared.metrics import counter_total
 from shared.runtime import Service
+from shared.signing import verifier_from_config
 from shared.symbols import Market
 from shared.tasks import sleep_or_stop
 
@@ -65,20 +68,52 @@ class DataManager(Service):
             },
             ignores={t.market_data: (Bar,)},
         )
-        self.dm_metrics = m = DatamanagerMetrics(self.metrics)
+        sources = frozenset(e.source_name for ms in config.data_sources.markets.values() for e in ms.sources)
+        self.dm_metrics = m = DatamanagerMetrics(self.metrics, sources)  # tick sources as labels
         self.failures = RecordFailures(self.dead, m)
+
+        def admission() -> Admission:  # one per intake: each owns its replay memory
+            return Admission(s.limits, live.security, verifier_from_config(config), self.dead, m)
+
+        self.alarm(
+            "input_rejected",
+            "interest updates and commands refused (identity, signature, limits)",
+            lambda: counter_total(m.input_rejected),
+            s.limits.rejected_alert_per_s,
+        )
         self.leadership = Leadership(lease, s.active_lease_s, self.events)
         self.intake = TickIntake(
             s, ch, self.kafka, t, store, self.state, inbox, self.dead, self.failures, self.events, m, self.loops
         )
         self.interest = InterestFollower(
-            s, self.kafka, t, self.state, self.publisher, inbox, self.dead, self.failures, self.loops, self._added
+            s,
+            self.kafka,
+            t,
+            self.state,
+            self.publisher,
+            inbox,
+            self.dead,
+            self.failures,
+            self.loops,
+            self._added,
+            admission=admission(),
         )
         bars = lambda: self.intake.bars  # noqa: E731 - a takeover replaces the aggregator
         self.snapshots = Snapshots(t, self.publisher, self.interest.registry, bars, store, self.state)
         me = self.leadership.instance_id
         self.commands = CommandIntake(
-            self.name, me, s, self.kafka, t, claims, self.publisher, inbox, self.dead, self.failures, self.loops
+            self.name,
+            me,
+            s,
+            self.kafka,
+            t,
+            claims,
+            self.publisher,
+            inbox,
+            self.dead,
+            self.failures,
+            self.loops,
+            admission=admission(),
         )
         self.commands.desk.register("bar_snapshot", self.snapshots.bar_snapshot)
         self.commands.desk.register("status", self._status)

@@ -12,6 +12,7 @@ is at home. While ClickHouse is away and ``max_pending_bars`` are held, fetching
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 
@@ -62,6 +63,7 @@ class TickIntake:
         loops: LoopHeartbeats,
     ) -> None:
         self._settings = settings
+        self._oldest = dt.datetime.combine(settings.oldest_tick, dt.time(), dt.UTC).timestamp()
         self._flush_every_s = clickhouse.flush_interval_ms / 1000.0
         self._max_pending = clickhouse.max_pending_bars
         self._kafka = kafka
@@ -117,7 +119,10 @@ class TickIntake:
                 batches = await fetch(consumer, timeout_ms=200, max_records=10_000)
                 now = time.time()
                 if batches:
-                    report = self.bars.fold(await self._inbox.decode(batches), clock_limit=now + skew)
+                    floor = max(self._oldest, now - self._settings.max_tick_age_days * 86_400.0)
+                    report = self.bars.fold(
+                        await self._inbox.decode(batches), clock_limit=now + skew, clock_floor=floor
+                    )
                     await self._report(report, now)
                     for tp, records in batches.items():
                         if records:
@@ -148,7 +153,7 @@ class TickIntake:
         """Count what one fold rejected, flagged and failed; alert on flagged prices."""
         m = self._metrics
         for source, ts in report.newest.items():  # one latency sample per source per fetch
-            m.latency.labels(source).observe(max(now - ts, 0.0))
+            m.latency.labels(m.source_label(source)).observe(max(now - ts, 0.0))
         for reason, n in report.rejected.items():
             m.rejected.labels(reason).inc(n)
         for rec, error in report.failed:
