@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,6 +114,29 @@ class Delivery:
     parts: list[tuple[asyncio.Future[Any], list[Record]]] = field(default_factory=list)
 
 
+class _ProbeRecordFilter(logging.Filter):
+    """Drops aiokafka's "Unexpected error during InitProducerIdRequest" ERROR: with
+    ``enable_idempotence: auto`` that answer (Tansu's) is how support is probed, and
+    ``KafkaPublisher.start`` reports the outcome itself (INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unexpected error during InitProducerIdRequest")
+
+
+@contextlib.contextmanager
+def _idempotence_probe(k: KafkaSettings) -> Iterator[None]:
+    """While an ``auto`` producer starts, the probe's expected refusal is not an error log."""
+    if k.enable_idempotence != "auto":
+        yield
+        return
+    sender_log, probe_filter = logging.getLogger("aiokafka.producer.sender"), _ProbeRecordFilter()
+    sender_log.addFilter(probe_filter)
+    try:
+        yield
+    finally:
+        sender_log.removeFilter(probe_filter)
+
+
 class KafkaPublisher:
     """An AIOKafkaProducer that never gives up on a message while the service runs.
 
@@ -140,7 +163,8 @@ class KafkaPublisher:
         if self._started:
             return
         try:
-            await self._producer.start()
+            with _idempotence_probe(self._settings):
+                await self._producer.start()
         except (UnknownError, UnsupportedVersionError) as e:
             if self._settings.enable_idempotence != "auto":
                 raise

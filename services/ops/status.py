@@ -154,12 +154,16 @@ async def gather_status(config: AppConfig, alerts: int) -> dict[str, Any]:
     doc["conflated"] = (gw.get("health") or {}).get("conflated")
     doc["dead_lettered"] = sum(m.get("livedata_dead_lettered_total", 0.0) for m in metrics)
     try:
-        doc["consumer_lag"] = await consumer_lag(config)
         doc["alerts"] = await last_alerts(config, alerts)
         doc["broker_reachable"] = True
     except (KafkaError, OSError, Unreachable) as e:
         doc["broker_reachable"] = False
-        doc["broker_error"] = f"{type(e).__name__}: {e}"
+        doc["broker_error"] = str(e) if isinstance(e, Unreachable) else f"{type(e).__name__}: {e}"
+    if doc["broker_reachable"]:
+        try:
+            doc["consumer_lag"] = await consumer_lag(config)
+        except (KafkaError, OSError) as e:  # e.g. a broker without the group offsets API (Tansu)
+            doc["consumer_lag_error"] = f"{type(e).__name__}: {e}"
     doc["ready"] = doc["broker_reachable"] and all(d["ready"] for d in daemons)
     return doc
 
@@ -201,6 +205,8 @@ def render(doc: dict[str, Any]) -> None:
     for group, lag in (doc.get("consumer_lag") or {}).items():
         value = lag["lag"] if lag["lag"] is not None else f"- ({lag.get('note')})"
         console.print(f"consumer lag {group} ({lag['topic']}): {value}")
+    if doc.get("consumer_lag_error"):
+        console.print(f"consumer lag: unavailable from this broker ({doc['consumer_lag_error']})")
     alerts = doc.get("alerts") or []
     console.print(f"[bold]last alerts[/bold] ({len(alerts)})" + ("" if alerts else ": none"))
     for a in alerts:

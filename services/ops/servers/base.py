@@ -12,6 +12,7 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -25,6 +26,31 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get ``sig`` when its parent ends, however it
+    ends (SIGKILL included): Linux's parent-death signal (prctl PR_SET_PDEATHSIG). The
+    signal comes when the THREAD that forked ends, so launch from one that outlives the
+    child. None where prctl is missing (not Linux): the launcher's own stop still runs."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)  # loaded before the fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal will come
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def log_tail(path: Path | None, chars: int = 2000) -> str:
@@ -103,6 +129,15 @@ class LocalServer(abc.ABC):
         if self.running:
             return self
         self.prepare()
+        self.launch()
+        self.await_ready(timeout_s)
+        return self
+
+    def launch(self, preexec_fn: Callable[[], None] | None = None) -> None:
+        """Start the process (``prepare()`` first) without waiting for it to answer.
+
+        ``preexec_fn`` runs in the child before exec (``die_with_parent``: then launch
+        from the thread that outlives the server, e.g. the event loop's)."""
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(
                 self.command(),
@@ -112,12 +147,13 @@ class LocalServer(abc.ABC):
                 cwd=self.data_dir,
                 env=self.environment(),
                 start_new_session=True,  # Ctrl-C in a terminal reaches the launcher, not the server
+                preexec_fn=preexec_fn,  # noqa: PLW1509 - only the prctl of die_with_parent
             )
         self.starts += 1
-        self._await_ready(timeout_s or self.start_timeout_s)
-        return self
 
-    def _await_ready(self, timeout_s: float) -> None:
+    def await_ready(self, timeout_s: float | None = None) -> None:
+        """Return once the launched server answers; ServerError if it exits or times out."""
+        timeout_s = timeout_s or self.start_timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
             proc = self._proc
