@@ -28,6 +28,7 @@ from shared.config import KafkaSettings
 from shared.dto import Bar, DecodeError, InterestUpdate, PriceUpdate, UpdateType, decode, utcnow
 from shared.kafka import KafkaPublisher, assign_all, consumer_options, rewind_truncated
 from shared.logs import kv
+from shared.signing import Signer, sign
 from shared.symbols import normalize
 from shared.tasks import cancel_and_wait
 from shared.topics import Topics
@@ -49,11 +50,13 @@ class LiveDataClient:
         lease_s: float | None = 30.0,
         buffer_size: int = 100_000,
         kafka: KafkaSettings | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.portfolio_id = portfolio_id
         self.node_id = node_id
         self.topics = topics or Topics()
         self.lease_s = lease_s
+        self._signer = signer  # signs each interest update (security.sign, shared/signing.py)
         self._kafka = kafka or KafkaSettings(bootstrap_servers=bootstrap_servers)
         self._publisher = KafkaPublisher(self._kafka, f"livedata-client-{portfolio_id}-{node_id}")
         # the client never creates topics: the services own their partition counts and configs
@@ -145,6 +148,7 @@ class LiveDataClient:
             timestamp=utcnow(),
             lease_s=self.lease_s,
         )
+        msg = sign(self._signer, msg)
         await self._publisher.publish(self.topics.interest_updates, msg, key=f"{self.portfolio_id}/{self.node_id}")
 
     def _set(self, symbols: set[str]) -> None:

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from shared.commands import command_param_problems
+from shared.store_urls import CLICKHOUSE_SCHEMES, REDIS_SCHEMES, url_problem
 from shared.symbols import Market
 
 LIVEDATA_FILE = "livedata.yml"
@@ -126,6 +127,15 @@ class RedisSettings(Strict):
     """Redis for datamanager state and timer locks (env: REDIS_URL). None: in process."""
 
     url: SecretStr | None = None
+    """``redis://[:password@]host:port/db``, ``rediss://`` (TLS) or ``unix://``."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        problem = v and url_problem(v.get_secret_value(), REDIS_SCHEMES)
+        if problem:  # said without the value: it may hold a password
+            raise ValueError(f"not a valid Redis URL: it {problem}")
+        return v
 
 
 class ClickHouseSettings(Strict):
@@ -142,6 +152,14 @@ class ClickHouseSettings(Strict):
     max_pending_bars: int = Field(200_000, ge=100)
     """Bars held while ClickHouse is away (latest version per bar); past it the tick
     consumer stops fetching until they are stored (nothing is dropped, offsets wait)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        problem = v and url_problem(v.get_secret_value(), CLICKHOUSE_SCHEMES)
+        if problem:  # said without the value: it may hold a password
+            raise ValueError(f"not a valid ClickHouse URL: it {problem}")
+        return v
 
 
 class HttpSettings(Strict):

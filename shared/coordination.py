@@ -24,10 +24,19 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from shared.store_urls import REDIS_SCHEMES, StoreURLError, check_url
 
-def redis_client(url: str, timeout_s: float = 2.0) -> aioredis.Redis:
-    """A Redis client with bounded socket and connect timeouts (a dead server answers fast)."""
-    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+def redis_client(url: str, timeout_s: float = 2.0, setting: str = "redis.url") -> aioredis.Redis:
+    """A Redis client with bounded socket and connect timeouts (a dead server answers fast).
+
+    A malformed ``url`` raises StoreURLError naming ``setting``, never the URL (it may hold
+    a password; redis-py's own errors can quote it)."""
+    check_url(setting, url, REDIS_SCHEMES)
+    try:
+        return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    except ValueError as e:
+        raise StoreURLError(f"{setting}: not a valid Redis URL ({type(e).__name__}; the value is not shown)") from None
 
 
 # -- who holds it -----------------------------------------------------------------------------

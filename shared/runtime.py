@@ -46,6 +46,8 @@ class Service(abc.ABC):
     def __init__(self, config: AppConfig, settings: ServiceSettings) -> None:
         live = config.livedata
         self.config = config
+        if config.file_mode_warning:  # security.strict_file_modes refuses instead (load_config)
+            log.warning("secure.yml is readable by group or others", extra=kv(problem=config.file_mode_warning))
         self.settings = settings
         self.kafka = live.kafka
         self.topics = Topics(live.topics.prefix)

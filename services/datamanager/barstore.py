@@ -25,6 +25,7 @@ from asynch import Connection
 
 from services.datamanager.bars import BarRow
 from shared.logs import kv
+from shared.store_urls import CLICKHOUSE_SCHEMES, StoreURLError, check_url
 
 log = logging.getLogger("datamanager.clickhouse")
 
@@ -80,6 +81,7 @@ class ClickHouseBars:
     """The bars table: batched upserts with retry, reads with FINAL."""
 
     def __init__(self, url: str, database: str, timeout_s: float = 2.0) -> None:
+        check_url("clickhouse.url", url, CLICKHOUSE_SCHEMES)  # asynch's DSNError would repeat it whole
         self._url = url
         self.database = database
         self._timeout_s = timeout_s
@@ -99,12 +101,15 @@ class ClickHouseBars:
 
     async def _connection(self) -> Connection:
         if self._conn is None:
-            conn = Connection(
-                dsn=self._url,
-                connect_timeout=self._timeout_s,
-                send_receive_timeout=self._timeout_s,
-                sync_request_timeout=self._timeout_s,
-            )
+            try:
+                conn = Connection(
+                    dsn=self._url,
+                    connect_timeout=self._timeout_s,
+                    send_receive_timeout=self._timeout_s,
+                    sync_request_timeout=self._timeout_s,
+                )
+            except Exception as e:  # its message repeats the DSN, password included
+                raise StoreURLError(f"clickhouse.url: asynch refused it ({type(e).__name__})") from None
             await asyncio.wait_for(conn.connect(), self._timeout_s)
             self._conn = conn
         if not self._schema_ready:

@@ -26,6 +26,7 @@ import msgspec
 from services.ops.common import NOT_READY, OK, USAGE, Unreachable, config_for, err, start_consumer, start_publisher
 from shared.config import AppConfig
 from shared.dto import Bar, CommandResult, ControlCommand, DecodeError, decode, utcnow
+from shared.signing import sign, signer_from_config
 from shared.topics import Topics
 
 Source = Literal["auto", "store", "datamanager"]
@@ -73,7 +74,7 @@ async def from_datamanager(config: AppConfig, symbol: str, day: date, period: st
         )
         pub = await start_publisher(config, "livedata-cli")
         try:
-            await pub.publish(topics.control_commands, cmd, key="datamanager")
+            await pub.publish(topics.control_commands, sign(signer_from_config(config), cmd), key="datamanager")
         finally:
             await pub.stop()
         found: dict[float, Bar] = {}

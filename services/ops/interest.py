@@ -7,6 +7,7 @@ from pathlib import Path
 
 from services.ops.common import OK, USAGE, config_for, err, start_publisher
 from shared.dto import InterestUpdate, UpdateType, utcnow
+from shared.signing import sign, signer_from_config
 from shared.symbols import normalize
 from shared.topics import Topics
 
@@ -33,6 +34,7 @@ async def run_interest(
         timestamp=utcnow(),
         lease_s=lease_s,
     )
+    msg = sign(signer_from_config(config), msg)  # security.sign
     pub = await start_publisher(config, "livedata-cli")
     try:
         await pub.publish(Topics(config.livedata.topics.prefix).interest_updates, msg, key=f"{portfolio}/{node}")

@@ -23,6 +23,7 @@ from services.ops.common import (
 )
 from shared.config import AppConfig
 from shared.dto import CommandResult, ControlCommand, DecodeError, decode, utcnow
+from shared.signing import sign, signer_from_config
 from shared.topics import Topics
 
 
@@ -47,7 +48,7 @@ async def publish_and_wait(
             await consumer.position(tp)  # pin "the end" before publishing: nothing of ours is missed
         pub = await start_publisher(config, "livedata-cli")
         try:
-            await pub.publish(topic, command, key=key)
+            await pub.publish(topic, sign(signer_from_config(config), command), key=key)  # security.sign
         finally:
             await pub.stop()
         if not as_json:

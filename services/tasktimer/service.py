@@ -38,6 +38,7 @@ from shared.coordination import ClaimState
 from shared.dto import ControlCommand, utcnow
 from shared.logs import kv
 from shared.runtime import Service
+from shared.signing import sign, signer_from_config
 from shared.tasks import cancel_and_wait, retry_until_stopped, sleep_or_stop
 
 log = logging.getLogger("tasktimer")
@@ -69,6 +70,7 @@ class TaskTimer(Service):
         store: FireStore | None = None,
     ) -> None:
         super().__init__(config, config.livedata.tasktimer)
+        self.signer = signer_from_config(config)
         self.clock = as_clock(clock)
         self.store = store or build_store(config)
         self.replica = self.settings.replica_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -132,7 +134,8 @@ class TaskTimer(Service):
     # -- one fire ----------------------------------------------------------------------
 
     def command_for(self, job: JobSettings, instant: datetime) -> ControlCommand:
-        return ControlCommand(
+        """The command of one fire, signed when ``security.sign`` is set."""
+        cmd = ControlCommand(
             command=job.command,
             params=dict(job.params),
             source=self.name,
@@ -142,6 +145,7 @@ class TaskTimer(Service):
             scheduled_for=instant,
             job=job.name,
         )
+        return sign(self.signer, cmd)
 
     async def fire(self, job: JobSettings, instant: datetime) -> str | None:
         """Publish the job's command for ``instant`` if this replica wins the fire; retry
