@@ -18,11 +18,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from shared.config import KafkaSettings
 from shared.events import SystemEvents
-from shared.kafka import ensure_system_topics
+from shared.kafka import TopicsNotCreated, ensure_system_topics
+from shared.kafka_security import describe, login_refused, security_options
 from shared.logs import kv
 from shared.tasks import retry_until_stopped, sleep_or_stop
 from shared.topics import Topics
@@ -36,6 +37,7 @@ class BrokerState(enum.Enum):
     CONNECTING = "connecting"  # never reached yet
     UP = "up"
     DOWN = "down"
+    TOPICS_MISSING = "topics_missing"  # the broker answers, but system topics are missing and we may not create them
 
 
 class BrokerReturn:
@@ -73,6 +75,8 @@ class BrokerWatch:
         self.down_since: float | None = None
         self.outages = 0
         self.last_error = ""
+        self._create_refused = False  # the broker said we may not create topics: never ask again
+        self._missing_said: frozenset[str] = frozenset()
 
     @property
     def up(self) -> bool:
@@ -92,40 +96,93 @@ class BrokerWatch:
                 bootstrap_servers=self._kafka.bootstrap_servers,
                 client_id=f"{self._client_id}-probe",
                 request_timeout_ms=max(1000, int(self._probe_interval_s * 3000)),
+                **security_options(self._kafka),
             )
         client = self._client
         if not client.cluster.brokers():
-            await client.bootstrap()
+            try:
+                await client.bootstrap()
+            except KafkaConnectionError:
+                refused = await login_refused(self._kafka)  # a refused login, said as such
+                if refused is not None:
+                    raise refused from None
+                raise
         async with asyncio.timeout(max(2.0, self._probe_interval_s * 3)):
             metadata = await client.fetch_all_metadata()
         return set(metadata.topics())
 
     async def connect(self, stop: asyncio.Event) -> bool:
         """Start-up: wait (backoff, not ready meanwhile) until the broker answers and the
-        system topics exist. False if ``stop`` was set first."""
-
-        async def reach() -> bool:
-            await self._probe()
-            if self._kafka.create_topics:
-                await ensure_system_topics(self._kafka, self._topics)
-            self.state = BrokerState.UP
-            return True
+        system topics exist, creating them if configured and allowed. Missing topics we may
+        not create (``create_topics: false``, or the broker refused) are said once, then
+        awaited without asking to create them again. False if ``stop`` was set first."""
 
         async def failed(e: BaseException) -> None:
             self.last_error = repr(e)
             await self._reset_client()
 
-        reached = await retry_until_stopped(
-            reach,
-            stop,
-            "broker not reachable yet",
-            log,
-            retry_on=(KafkaError, OSError, TimeoutError),
-            on_failure=failed,
-            recovered="broker reachable",
-            bootstrap=self._kafka.bootstrap_servers,
-        )
-        return bool(reached)
+        while True:
+            present = await retry_until_stopped(
+                self._probe,
+                stop,
+                "broker not reachable yet",
+                log,
+                retry_on=(KafkaError, OSError, TimeoutError),
+                on_failure=failed,
+                recovered="broker reachable",
+                bootstrap=self._kafka.bootstrap_servers,
+                security=describe(self._kafka),
+            )
+            if present is None:
+                return False
+            missing = set(self._system_topics()) - present
+            if missing and await self._create(missing):
+                missing = set()
+            if not missing:
+                if self._missing_said:
+                    log.info("system topics present now", extra=kv(topics=",".join(sorted(self._missing_said))))
+                    self._missing_said = frozenset()
+                self.state = BrokerState.UP
+                return True
+            self._topics_missing(missing)
+            if await sleep_or_stop(stop, self._probe_interval_s):
+                return False
+
+    async def _create(self, missing: set[str]) -> bool:
+        """Create the system topics if configured and not refused before; True if done.
+        A refusal is logged once per kind; for want of permission it is final."""
+        if not self._kafka.create_topics or self._create_refused:
+            return False
+        try:
+            await ensure_system_topics(self._kafka, self._topics)
+            return True
+        except TopicsNotCreated as e:
+            self.last_error = str(e)
+            if not e.authorized:
+                self._create_refused = True
+                log.error(
+                    "not allowed to create the missing topics: an admin must create them (see `livedata acls`)",
+                    extra=kv(topics=",".join(sorted(missing)), error=str(e)),
+                )
+            elif self._missing_said != frozenset(missing):
+                log.warning("could not create the missing topics yet", extra=kv(error=str(e)))
+            return False
+        except (KafkaError, OSError, TimeoutError) as e:
+            self.last_error = repr(e)
+            return False
+
+    def _topics_missing(self, missing: set[str]) -> None:
+        """Not ready for want of topics; said once per set of missing topics."""
+        self.state = BrokerState.TOPICS_MISSING
+        if not self.last_error.startswith("broker refused"):
+            self.last_error = f"system topics missing: {','.join(sorted(missing))}"
+        if self._missing_said != frozenset(missing):
+            self._missing_said = frozenset(missing)
+            why = "create_topics is false" if not self._kafka.create_topics else "we may not create them"
+            log.error(
+                f"system topics missing ({why}): not ready until they exist",
+                extra=kv(topics=",".join(sorted(missing))),
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Probe until ``stop``; on every return run the reconnect hooks."""
@@ -150,7 +207,11 @@ class BrokerWatch:
                     await self._reset_client()
                     continue
                 missing = set(self._system_topics()) - present
-                if self.state is BrokerState.DOWN or (missing and self._kafka.create_topics):
+                if missing and not (self._kafka.create_topics and not self._create_refused):
+                    if self.state is BrokerState.DOWN:
+                        self.down_since = None  # the broker is back; the outage is over
+                    self._topics_missing(missing)  # not ready until an admin creates them
+                elif self.state in (BrokerState.DOWN, BrokerState.TOPICS_MISSING) or missing:
                     await self._came_back(missing)
                 elif self.state is BrokerState.CONNECTING:
                     self.state = BrokerState.UP  # run() without connect(): the first answer
@@ -174,12 +235,18 @@ class BrokerWatch:
     async def _came_back(self, missing: set[str]) -> None:
         outage = self._down_for()
         recreated: frozenset[str] = frozenset()
-        if missing and self._kafka.create_topics:
-            try:
-                await ensure_system_topics(self._kafka, self._topics)
-            except KafkaError as e:
-                self.last_error = repr(e)
-                log.warning("could not recreate topics yet", extra=kv(topics=sorted(missing), error=repr(e)))
+        if self.state is BrokerState.TOPICS_MISSING:
+            recreated = self._missing_said  # an admin created them: new to us
+            log.info("system topics present now", extra=kv(topics=",".join(sorted(recreated))))
+            self._missing_said = frozenset()
+        if missing:
+            if not await self._create(missing):
+                if self._create_refused:
+                    self._topics_missing(missing)
+                else:
+                    log.warning(
+                        "could not recreate topics yet", extra=kv(topics=sorted(missing), error=self.last_error)
+                    )
                 return  # still not usable: try again on the next probe
             recreated = frozenset(missing)
             log.warning("recreated vanished topics", extra=kv(topics=",".join(sorted(missing))))

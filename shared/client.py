@@ -10,6 +10,13 @@ renews a lease by re-sending its full set (``replace``) every ``lease_s / 3``, s
 that dies stops costing subscriptions. It reads ``market.data`` from the end with
 ``assign()`` (no consumer group: every node sees every message) and only decodes the
 messages keyed by a symbol it wants.
+
+On a secured cluster pass the node's login (``livedata acls`` lists what it may do: read
+market data, write interest)::
+
+    LiveDataClient("broker:9093", "p1", "n1", security=KafkaSecurity(
+        protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", username="livedata-strategy",
+        password=os.environ["LIVEDATA_KAFKA_PASSWORD"], ca_file="/etc/kafka/ca.pem"))
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from shared.broker_watch import BrokerReturn, BrokerWatch
-from shared.config import KafkaSettings
+from shared.config import KafkaSecurity, KafkaSettings
 from shared.dto import Bar, DecodeError, InterestUpdate, PriceUpdate, UpdateType, decode, utcnow
 from shared.kafka import KafkaPublisher, assign_all, consumer_options, rewind_truncated
 from shared.logs import kv
@@ -51,13 +58,18 @@ class LiveDataClient:
         buffer_size: int = 100_000,
         kafka: KafkaSettings | None = None,
         signer: Signer | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
+        """``kafka``: all connection settings (``bootstrap_servers`` is then ignored);
+        ``security``: TLS and login (``kafka.security``), e.g. the strategy node's principal."""
         self.portfolio_id = portfolio_id
         self.node_id = node_id
         self.topics = topics or Topics()
         self.lease_s = lease_s
         self._signer = signer  # signs each interest update (security.sign, shared/signing.py)
         self._kafka = kafka or KafkaSettings(bootstrap_servers=bootstrap_servers)
+        if security is not None:
+            self._kafka = self._kafka.model_copy(update={"security": security})
         self._publisher = KafkaPublisher(self._kafka, f"livedata-client-{portfolio_id}-{node_id}")
         # the client never creates topics: the services own their partition counts and configs
         self._watch = BrokerWatch(

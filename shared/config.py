@@ -3,7 +3,8 @@
 A config directory (``--config-dir``, else ``$GINKGO_DIR``, else ``~/.ginkgo``) holds:
 ``livedata.yml`` (broker, stores, topics, per-service settings), ``data_sources.yml``
 (per market an ordered list of feeders), ``task_timer.yml`` (cron jobs) and
-``secure.yml`` (secrets, merged into the source of the same name). Every file is
+``secure.yml`` (secrets, merged into the source of the same name; its ``kafka``,
+``redis`` and ``clickhouse`` sections are the stores' credentials). Every file is
 optional; a missing file means defaults. ``${VAR}`` and ``${VAR:-default}`` are
 substituted in every string value; an unset variable without default is an error.
 Errors name the file, the key path and the problem, and never echo a value (it may be
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -82,6 +84,74 @@ class TopicRetention(Strict):
     """Dead letters: thirty days, time enough for an operator to look."""
 
 
+class KafkaSecurity(Strict):
+    """How every Kafka client of the system connects: transport and login (``kafka.security``).
+
+    The password (and a TLS key's password) may come from secure.yml (``kafka: {password:
+    ...}``) or ``${VAR}``; it is never logged or printed.
+    """
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """PLAINTEXT (no TLS, no login), SSL (TLS), SASL_PLAINTEXT (login, no TLS), SASL_SSL."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    """Required with SASL_*; PLAIN sends the password itself, so use it only over SASL_SSL."""
+    username: str | None = Field(None, min_length=1)
+    """The principal's name (PLAIN and SCRAM): the ACLs of ``livedata acls`` name it."""
+    password: SecretStr | None = None
+    """PLAIN and SCRAM; put it in secure.yml (``kafka: {password: ...}``) or ``${VAR}``."""
+    oauth_token_file: Path | None = None
+    """OAUTHBEARER: a file holding the current token, read again for each new connection."""
+    oauth_token_command: list[str] | None = Field(None, min_length=1)
+    """OAUTHBEARER: a command (argv list) printing the current token on stdout."""
+    ca_file: Path | None = None
+    """SSL/SASL_SSL: CA bundle (PEM) to verify the brokers by; None: the system's CAs."""
+    cert_file: Path | None = None
+    """Mutual TLS: this client's certificate (PEM); needs ``key_file``."""
+    key_file: Path | None = None
+    """Mutual TLS: this client's private key (PEM)."""
+    key_password: SecretStr | None = None
+    """Password of an encrypted ``key_file`` (secure.yml ``kafka: {key_password: ...}``)."""
+    check_hostname: bool = True
+    """Verify that the broker's certificate names the host connected to. Turn off only for
+    a broker reached by an address its certificate does not name (the chain is still checked)."""
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSecurity:
+        if self.sasl:
+            if self.sasl_mechanism is None:
+                raise ValueError(f"protocol {self.protocol} needs sasl_mechanism")
+            if self.sasl_mechanism == "OAUTHBEARER":
+                if (self.oauth_token_file is None) == (self.oauth_token_command is None):
+                    raise ValueError("OAUTHBEARER needs exactly one of oauth_token_file, oauth_token_command")
+            elif self.username is None or self.password is None:
+                raise ValueError(
+                    f"{self.sasl_mechanism} needs username and password (the password from secure.yml or ${{VAR}})"
+                )
+        else:
+            for key in ("sasl_mechanism", "username", "password", "oauth_token_file", "oauth_token_command"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is set but protocol {self.protocol} has no SASL login")
+        if not self.tls:
+            for key in ("ca_file", "cert_file", "key_file", "key_password"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is set but protocol {self.protocol} has no TLS")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mutual TLS needs both cert_file and key_file")
+        for key in ("ca_file", "cert_file", "key_file", "oauth_token_file"):
+            path = getattr(self, key)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{key}: no such file: {path}")
+        return self
+
+
 class KafkaSettings(Strict):
     """Broker connection and producer tuning (env: KAFKA_BOOTSTRAP_SERVERS)."""
 
@@ -115,6 +185,8 @@ class KafkaSettings(Strict):
     replication_factor: int = Field(1, ge=1)
     partitions: TopicPartitions = TopicPartitions()
     retention: TopicRetention = TopicRetention()
+    security: KafkaSecurity = KafkaSecurity()
+    """Transport and login of every Kafka client (daemons, client SDK, CLI, benchmarks)."""
 
 
 class TopicSettings(Strict):
@@ -537,6 +609,77 @@ def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 sect[key] = env[var]
 
 
+STORE_SECRETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "kafka": {
+        "username": ("kafka", "security", "username"),
+        "password": ("kafka", "security", "password"),
+        "key_password": ("kafka", "security", "key_password"),
+    },
+    "redis": {"url": ("redis", "url"), "password": ("redis", "url")},
+    "clickhouse": {"url": ("clickhouse", "url"), "password": ("clickhouse", "url")},
+}
+"""secure.yml sections that are store credentials, not source names: key → where in livedata.yml."""
+
+
+def _with_url_password(url: str, password: str) -> str | None:
+    """``url`` with ``password`` in its user info (percent-encoded); None if it has no
+    ``scheme://host`` form or already carries a password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme or not rest:
+        return None
+    netloc, slash, tail = rest.partition("/")
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not hostport or (at and ":" in userinfo):
+        return None
+    user = userinfo if at else ""
+    return f"{scheme}://{user}:{quote(password, safe='')}@{hostport}{slash}{tail}"
+
+
+def merge_store_secrets(
+    raw_live: dict[str, Any], raw_secure: dict[str, Any], where: str, env: Mapping[str, str] | None = None
+) -> None:
+    """Move secure.yml's store sections (``kafka``, ``redis``, ``clickhouse``) into
+    livedata.yml's settings, in place (after the environment overrides were applied). A key
+    is set in one file only; an environment override (``REDIS_URL``...) wins over both; a
+    store ``password`` goes into the URL from livedata.yml or the environment. Errors name
+    the file and key, never a value."""
+    overridden = {path for var, path in ENV_OVERRIDES.items() if (env or {}).get(var)}
+    for section, keys in STORE_SECRETS.items():
+        if section not in raw_secure:
+            continue
+        values = raw_secure.pop(section)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: {section}: expected a mapping of {', '.join(keys)}")
+        for key, value in values.items():
+            if key not in keys:
+                raise ConfigError(f"{where}: {section}.{key}: unknown key (expected one of {', '.join(keys)})")
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise ConfigError(f"{where}: {section}.{key}: expected a string, got {type(value).__name__}")
+            *parents, leaf = keys[key]
+            node: Any = raw_live
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{where}: {section}.{key}: {LIVEDATA_FILE} {part} is not a mapping")
+            target = ".".join(keys[key])
+            if key != "password" and keys[key] in overridden:
+                continue  # the environment variable wins, as it does over livedata.yml
+            if key == "password" and section in ("redis", "clickhouse"):
+                url = node.get(leaf)
+                if not isinstance(url, str) or not url:
+                    raise ConfigError(f"{where}: {section}.password: {target} is not set (the password goes into it)")
+                merged = _with_url_password(url, str(value))
+                if merged is None:
+                    raise ConfigError(
+                        f"{where}: {section}.password: {target} is not scheme://host... or already has a password"
+                    )
+                node[leaf] = merged
+                continue
+            if node.get(leaf) is not None:
+                raise ConfigError(f"{where}: {section}.{key}: {target} is set in {LIVEDATA_FILE} too (set it once)")
+            node[leaf] = str(value)
+
+
 SIGNING_KEYS = "signing_keys"
 """secure.yml section of signing keys (id → secret), not a source name."""
 MIN_SIGNING_KEY_LENGTH = 16
@@ -604,10 +747,11 @@ def load_config(directory: Path | str | None = None, env: Mapping[str, str] | No
 
     raw_live = read_yaml(d / LIVEDATA_FILE, env)
     _apply_env_overrides(raw_live, env)
+    raw_secure = read_yaml(d / SECURE_FILE, env)
+    merge_store_secrets(raw_live, raw_secure, str(d / SECURE_FILE), env)
     livedata = validate(LivedataSettings, LIVEDATA_FILE, raw_live)
     sources = validate(DataSources, DATA_SOURCES_FILE, read_yaml(d / DATA_SOURCES_FILE, env))
     timer = validate(TaskTimerFile, TASK_TIMER_FILE, read_yaml(d / TASK_TIMER_FILE, env))
-    raw_secure = read_yaml(d / SECURE_FILE, env)
     signing_keys = _signing_keys(raw_secure, str(d / SECURE_FILE), livedata.security)
     mode_warning = _secure_file_mode(d / SECURE_FILE, livedata.security.strict_file_modes)
     secrets: dict[str, dict[str, SecretStr]] = {}

@@ -11,12 +11,22 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError, UnsupportedVersionError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    UnknownError,
+    UnsupportedVersionError,
+    for_code,
+)
 
 from shared.backoff import Backoff
 from shared.compat import producer_idempotent, refresh_metadata
 from shared.config import KafkaSettings
 from shared.dto import DeadLetter, DecodeError, Message, decode, encode, utcnow
+from shared.kafka_security import login_refused, security_options
 from shared.logs import kv
 from shared.metrics import ServiceMetrics
 from shared.partitioning import partition_of
@@ -44,6 +54,7 @@ def producer_options(k: KafkaSettings, client_id: str, idempotent: bool | None =
         "compression_type": None if k.compression == "none" else k.compression,
         "enable_idempotence": idempotent if k.enable_idempotence == "auto" else bool(k.enable_idempotence),
         "request_timeout_ms": k.request_timeout_ms,
+        **security_options(k),
     }
 
 
@@ -59,6 +70,7 @@ def consumer_options(k: KafkaSettings, client_id: str, background: bool = False,
         "fetch_max_wait_ms": k.background_fetch_max_wait_ms if background else k.fetch_max_wait_ms,
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_interval_ms,
+        **security_options(k),
     }
     opts.update(extra)
     return opts
@@ -72,8 +84,12 @@ async def ensure_system_topics(k: KafkaSettings, topics: Topics) -> None:
 async def ensure_topics(
     k: KafkaSettings, partitions: dict[str, int], configs: dict[str, dict[str, str]] | None = None
 ) -> None:
-    """Create the topics that do not exist yet, with the given partition counts and configs."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers, client_id=k.client_id)
+    """Create the topics that do not exist yet, with the given partition counts and configs.
+
+    Raises TopicsNotCreated when the broker refused some (``authorized`` False when it was
+    for want of permission: retrying will not help until an admin acts).
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers, client_id=k.client_id, **security_options(k))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -89,12 +105,34 @@ async def ensure_topics(
         ]
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
-                pass  # another service created them first
+                response = None  # another service created them first
+            refused: dict[str, type[KafkaError]] = {}
+            for entry in response.topic_errors if response is not None else ():
+                name, code = entry[0], entry[1]
+                if code not in (0, TopicAlreadyExistsError.errno):  # already there: another service made it
+                    refused[name] = for_code(code)
+            if refused:
+                raise TopicsNotCreated(refused)
             log.info("created topics", extra=kv(topics=",".join(t.name for t in missing)))
     finally:
         await admin.close()
+
+
+class TopicsNotCreated(KafkaError):  # type: ignore[misc]  # aiokafka's errors are untyped
+    """The broker refused to create some topics (each with its error class)."""
+
+    def __init__(self, refused: dict[str, type[KafkaError]]) -> None:
+        self.refused = refused
+        reasons = ", ".join(f"{t}: {getattr(e, 'message', e.__name__)}" for t, e in sorted(refused.items()))
+        super().__init__(f"broker refused to create topics ({reasons})")
+
+    @property
+    def authorized(self) -> bool:
+        """False if any refusal was for want of permission (CREATE on the cluster or topics)."""
+        denied = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
+        return not any(issubclass(e, denied) for e in self.refused.values())
 
 
 def _key_bytes(key: str | bytes | None) -> bytes | None:
@@ -165,6 +203,14 @@ class KafkaPublisher:
         try:
             with _idempotence_probe(self._settings):
                 await self._producer.start()
+        except KafkaConnectionError:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()  # a failed start leaves it open: close it, start anew next time
+            self._producer = AIOKafkaProducer(**producer_options(self._settings, self._client_id))
+            refused = await login_refused(self._settings)  # say why, if it was the login
+            if refused is not None:
+                raise refused from None
+            raise
         except (UnknownError, UnsupportedVersionError) as e:
             if self._settings.enable_idempotence != "auto":
                 raise

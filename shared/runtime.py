@@ -30,6 +30,7 @@ from shared.logs import kv, setup_logging
 from shared.metrics import ServiceMetrics, counter_total
 from shared.tasks import cancel_and_wait, retry_until_stopped, sleep_or_stop
 from shared.topics import Topics
+from shared.transport import plaintext_transports
 
 log = logging.getLogger("runtime")
 
@@ -265,13 +266,14 @@ def run_daemon(
     args = base_parser(prog, description).parse_args(argv)
     try:
         config = load_config(args.config_dir)
-        for check in checks:
-            check(config)
+        checked = [check(config) for check in checks]
     except ConfigError as e:
         print(f"{prog}: configuration error:\n{e}", file=sys.stderr)
         return 2
     logging_settings = config.livedata.logging
     setup_logging(prog, args.log_level or logging_settings.level, logging_settings.format)
+    for setting in plaintext_transports(config, checked):
+        log.warning("plain-text transport to a non-loopback host", extra=kv(setting=setting))
 
     async def main() -> int:
         try:

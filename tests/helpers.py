@@ -132,8 +132,10 @@ class TopicFollower:
 class TopicReader(TopicFollower):
     """Follows a topic and keeps its records and decoded messages."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(topic, {"bootstrap_servers": bootstrap, "enable_auto_commit": False, "fetch_max_wait_ms": 20})
+    def __init__(self, bootstrap: str, topic: str, security: dict[str, Any] | None = None) -> None:
+        """``security``: aiokafka security options (``shared.kafka_security.security_options``)."""
+        options = {"bootstrap_servers": bootstrap, "enable_auto_commit": False, "fetch_max_wait_ms": 20}
+        super().__init__(topic, {**options, **(security or {})})
         self.records: list[ConsumerRecord[bytes, bytes]] = []
         self.messages: list[Message] = []
 
@@ -161,9 +163,16 @@ class TopicReader(TopicFollower):
         return result
 
 
-async def publish(bootstrap: str, topic: str, message: Message | bytes, key: str | bytes | None = None) -> None:
-    """Send one message (a DTO or raw bytes) and wait for the ack."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def publish(
+    bootstrap: str,
+    topic: str,
+    message: Message | bytes,
+    key: str | bytes | None = None,
+    security: dict[str, Any] | None = None,
+) -> None:
+    """Send one message (a DTO or raw bytes) and wait for the ack (``security``: aiokafka
+    security options, as for TopicReader)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **(security or {}))
     await producer.start()
     try:
         value = message if isinstance(message, bytes) else encode(message)

@@ -5,11 +5,19 @@ directory (``$LIVEDATA_CACHE_DIR``, else ``$XDG_CACHE_HOME/ginkgo-livedata``, el
 ``~/.cache/ginkgo-livedata``) and reused by every later start. A broker gets a data
 directory (formatted on first start; a restart resumes on the same log), two free
 loopback ports (client and controller), a small heap and its own log file.
+
+``scram_users`` makes it a secured broker: SASL SCRAM-SHA-512 on the client listener (the
+users are created when the storage is formatted), PLAIN between the broker and its
+controller, ``StandardAuthorizer`` with ``allow.everyone.if.no.acl.found=false`` and the
+broker's own principal (``super_user``, one of the users) the only super user: a client
+may do only what an ACL allows it (see ``services/ops/acls.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import fcntl
 import os
 import re
@@ -17,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import ClassVar
@@ -155,9 +164,24 @@ class KafkaBroker(LocalServer):
         data_dir: Path | None = None,
         log_path: Path | None = None,
         controller_port: int | None = None,
+        scram_users: Mapping[str, str] | None = None,
+        super_user: str = "admin",
     ) -> None:
         super().__init__(port, data_dir, log_path)
         self.controller_port = controller_port or free_port()
+        self.scram_users = dict(scram_users or {})
+        self.super_user = super_user
+        if self.scram_users and super_user not in self.scram_users:
+            raise ServerError(f"super_user {super_user!r} is not one of scram_users")
+        for name, password in self.scram_users.items():
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or any(c in password for c in '"\\,[]\n'):
+                raise ServerError(
+                    f"scram user {name!r}: names are [A-Za-z0-9._-]+, passwords without quotes, commas, brackets"
+                )
+
+    @property
+    def secured(self) -> bool:
+        return bool(self.scram_users)
 
     @property
     def slug(self) -> str:
@@ -175,17 +199,46 @@ class KafkaBroker(LocalServer):
     def log_dir(self) -> Path:
         return self.data_dir / "log"
 
+    def _security_properties(self) -> dict[str, str]:
+        c = f"{self.host}:{self.controller_port}"
+        if not self.secured:
+            return {
+                "listeners": f"PLAINTEXT://{self.address},CONTROLLER://{c}",
+                "advertised.listeners": f"PLAINTEXT://{self.address}",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            }
+        user, password = self.super_user, self.scram_users[self.super_user]
+        return {
+            "listeners": f"SASL_PLAINTEXT://{self.address},CONTROLLER://{c}",
+            "advertised.listeners": f"SASL_PLAINTEXT://{self.address}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required"
+                f' username="{user}" password="{password}";'
+            ),
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required"
+                f' username="{user}" password="{password}" user_{user}="{password}";'
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{user}",
+        }
+
     def properties(self) -> str:
         c = f"{self.host}:{self.controller_port}"
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": c,
-            "listeners": f"PLAINTEXT://{self.address},CONTROLLER://{c}",
-            "advertised.listeners": f"PLAINTEXT://{self.address}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            **self._security_properties(),
             "log.dirs": str(self.log_dir),
             # the services create their topics with their own partition counts and configs
             "auto.create.topics.enable": "false",
@@ -211,7 +264,10 @@ class KafkaBroker(LocalServer):
         if java is None or java_major(java) < 17:
             raise ServerError(kafka_available()[1])
         jars = resolve_jars()
-        (self.data_dir / "server.properties").write_text(self.properties())
+        props = self.data_dir / "server.properties"
+        props.touch(mode=0o600)  # it holds the super user's password when secured
+        props.chmod(0o600)
+        props.write_text(self.properties())
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
         if (self.log_dir / "meta.properties").exists():
             return  # formatted before: a restart resumes on the same log
@@ -231,6 +287,11 @@ class KafkaBroker(LocalServer):
                 "-c",
                 str(self.data_dir / "server.properties"),
                 "--standalone",
+                *(
+                    arg
+                    for name, password in self.scram_users.items()
+                    for arg in ("--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]")
+                ),
             ],
             capture_output=True,
             text=True,
@@ -256,4 +317,33 @@ class KafkaBroker(LocalServer):
         ]
 
     def answers(self) -> bool:
+        if self.secured:
+            return self._sasl_answers()
         return kafka_metadata_brokers(self.host, self.port) > 0
+
+    def _sasl_answers(self) -> bool:
+        """Log in as the super user and ask for metadata (aiokafka, on a loop of its own in a
+        worker thread: the caller may be inside an event loop)."""
+        from aiokafka.client import AIOKafkaClient
+        from aiokafka.errors import KafkaError
+
+        async def probe() -> bool:
+            client = AIOKafkaClient(
+                bootstrap_servers=self.address,
+                client_id="livedata-probe",
+                request_timeout_ms=2000,
+                security_protocol="SASL_PLAINTEXT",
+                sasl_mechanism="SCRAM-SHA-512",
+                sasl_plain_username=self.super_user,
+                sasl_plain_password=self.scram_users[self.super_user],
+            )
+            try:
+                await client.bootstrap()
+                return bool(client.cluster.brokers())
+            except KafkaError:
+                return False
+            finally:
+                await client.close()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, probe()).result(timeout=10)
