@@ -236,3 +236,19 @@ def test_staleness_follows_poll_success_not_quote_age() -> None:
     assert TencentFeeder(TencentSettings(), ctx).stale_after_s == 15.0
     assert TencentFeeder(TencentSettings(stale_after_s=0), ctx).stale_after_s is None
     assert TencentFeeder.follows_sessions is True
+
+
+async def test_a_body_past_max_body_bytes_is_counted_and_fails_the_poll(sim: TencentSimulator, make: Make) -> None:
+    """The answer is read in chunks up to ``max_body_bytes``: a larger one is a malformed
+    answer (``body_too_large``) that fails the poll, and the feeder recovers once it fits."""
+    symbols = [f"{i:05d}.HK" for i in range(1, 41)]
+    h = make(max_body_bytes=1024)
+    h.start(*symbols)
+    await eventually(lambda: h.malformed("body_too_large") >= 1, 5, what="the oversized body counted")
+    await eventually(lambda: "disconnected" in h.states(), 5, what="the poll failed")
+    assert not h.ticks
+    await h.stop()
+    big = make(max_body_bytes=1_000_000)
+    big.start(*symbols)
+    await eventually(lambda: len(big.ticks) >= 40, 5, what="every quote once it fits")
+    await big.stop()

@@ -215,11 +215,28 @@ class HttpPollingFeeder(ReconnectingFeeder[SettingsT], Generic[SettingsT, QuoteT
         await self._before_request()
         async with session.get(url) as resp:
             self._resets = 0  # an answer, whatever it says
-            body = await resp.read()
+            body = await self._read_capped(resp)
             error = self._answer_error(resp, body)
             if error is None:
                 return body
             raise error
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body, read in chunks up to ``max_body_bytes``; a larger one is counted as
+        malformed (``body_too_large``) and fails the poll."""
+        limit = self.settings.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        if resp.content_length is None or resp.content_length <= limit:
+            async for chunk in resp.content.iter_chunked(65_536):
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+        self.ctx.malformed("body_too_large", f"HTTP {resp.status}: more than max_body_bytes ({limit})")
+        raise ProviderError(f"answer body larger than max_body_bytes ({limit} bytes)")
 
     def _poll_set(self, wanted: frozenset[str], polled: PollSet[QuoteT]) -> None:
         """Poll ``wanted`` from now on; a removed key forgets its last quote."""

@@ -39,6 +39,9 @@ class HttpPollingSettings(Strict):
     """...plus a random extra of up to ``ban_hold_s * 2**(bans in a row - 1)``, capped by this."""
     ban_after_resets: int = Field(2, ge=1)
     """Consecutive connection resets before any answer that count as a ban."""
+    max_body_bytes: int = Field(8 * 2**20, ge=1024)
+    """Largest answer body read (after decompression); a larger one is a malformed answer
+    (``body_too_large``) that fails the poll, never memory grown without bound."""
     stale_after_s: float | None = Field(None, ge=0)
     """Market watchdog: no successful poll this long (in session) → restart or fail over.
     Judged by poll success, not quote time: a quiet stock repeats the same quote. Unset:
