@@ -192,6 +192,7 @@ class KafkaPublisher:
         self._producer = AIOKafkaProducer(**producer_options(settings, client_id))
         self._metrics = metrics
         self._started = False
+        self._spent = False
         self._closing = asyncio.Event()
         self._placement: dict[str, tuple[list[int], dict[bytes, int]]] = {}
         self._round_robin = 0
@@ -200,13 +201,16 @@ class KafkaPublisher:
     async def start(self) -> None:
         if self._started:
             return
+        if self._spent:  # an earlier start failed and closed it
+            self._producer = AIOKafkaProducer(**producer_options(self._settings, self._client_id))
+            self._spent = False
         try:
             with _idempotence_probe(self._settings):
                 await self._producer.start()
         except KafkaConnectionError:
             with contextlib.suppress(Exception):
                 await self._producer.stop()  # a failed start leaves it open: close it, start anew next time
-            self._producer = AIOKafkaProducer(**producer_options(self._settings, self._client_id))
+            self._spent = True
             refused = await login_refused(self._settings)  # say why, if it was the login
             if refused is not None:
                 raise refused from None

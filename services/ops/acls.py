@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 from aiokafka.client import AIOKafkaClient
@@ -92,9 +93,10 @@ def system_acls(config: AppConfig, principal_prefix: str) -> list[Acl]:
         acls.append(Acl(role, p, "topic", f"{t.prefix}.", "prefixed", "describe"))
         acls += [Acl(role, p, "topic", name, "literal", "read") for name in reads[role]]
         acls += [Acl(role, p, "topic", name, "literal", "write") for name in writes[role]]
-    dm = principal_of(principal_prefix, "datamanager")
-    acls.append(Acl("datamanager", dm, "group", f"{group}.", "prefixed", "read"))
-    acls.append(Acl("admin", principal_of(principal_prefix, "admin"), "topic", f"{t.prefix}.", "prefixed", "create"))
+        if role == "datamanager":  # offsets of its consumers {group_id}.bars, {group_id}.commands
+            acls.append(Acl(role, p, "group", f"{group}.", "prefixed", "read"))
+        if role == "admin":
+            acls.append(Acl(role, p, "topic", f"{t.prefix}.", "prefixed", "create"))
     return acls
 
 
@@ -159,3 +161,16 @@ async def apply_acls(kafka: KafkaSettings, acls: list[Acl]) -> None:
                     raise AclError(f"{a}: {for_code(code).__name__}: {message}")
     finally:
         await client.close()
+
+
+def run_acls(config_dir: Path | None, principal_prefix: str, fmt: str, role: str | None = None) -> int:
+    """``livedata acls``: print the ACLs of the config directory's topics and group id."""
+    from services.ops.common import UsageError, config_for
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: one of {', '.join(FORMATS)}")
+    if role is not None and role not in ROLES:
+        raise UsageError(f"--role {role}: one of {', '.join(ROLES)}")
+    acls = system_acls(config_for(config_dir), principal_prefix)
+    print(render(for_role(acls, role) if role else acls, fmt))
+    return 0

@@ -426,6 +426,22 @@ def fire(
     return run_async(run_fire(config_dir, job, wait))
 
 
+@app.command(epilog="Example: livedata acls --principal-prefix livedata- --format kafka-acls > acls.sh")
+@guarded("acls")
+def acls(
+    principal_prefix: Annotated[str, typer.Option(help="principals are User:<prefix><role>")] = "livedata-",
+    format: Annotated[str, typer.Option("--format", help="kafka-acls (commands), json or table")] = "kafka-acls",
+    role: Annotated[
+        str | None, typer.Option(help="only this role: gateway, datamanager, tasktimer, operator, strategy, admin")
+    ] = None,
+    config_dir: ConfigDir = None,
+) -> int:
+    """The Kafka ACLs each principal needs (topics by name or prefix, consumer groups), for a secured cluster."""
+    from services.ops.acls import run_acls
+
+    return run_acls(config_dir, principal_prefix, format, role)
+
+
 def _inherited(ctx: typer.Context) -> Path | None:
     obj = ctx.obj if isinstance(ctx.obj, dict) else {}
     value = obj.get("config_dir")

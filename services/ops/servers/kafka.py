@@ -22,6 +22,7 @@ import fcntl
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -326,6 +327,9 @@ class KafkaBroker(LocalServer):
         worker thread: the caller may be inside an event loop)."""
         from aiokafka.client import AIOKafkaClient
         from aiokafka.errors import KafkaError
+
+        with socket.create_connection((self.host, self.port), timeout=1.0):
+            pass  # not listening yet: OSError, without aiokafka logging a failed bootstrap
 
         async def probe() -> bool:
             client = AIOKafkaClient(
