@@ -716,8 +716,8 @@ def _secure_file_mode(path: Path, strict: bool) -> str | None:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
         return None
-    if not mode & 0o077:
-        return None
+    if not mode & 0o077 or not yaml.safe_load(path.read_text(encoding="utf-8")):
+        return None  # private, or no secret in it (only comments, as the demo's)
     problem = f"{path}: mode {mode:04o} lets group or others read it (chmod 600 {path})"
     if strict:
         raise ConfigError(f"{problem}; security.strict_file_modes refuses to start")

@@ -42,6 +42,7 @@ SECRETS = {
     "redis password": f"redisPw{RUN}x1a2b",
     "clickhouse password": f"chPw{RUN}y5d6e",
     "wrong redis password": f"wrongRedisPw{RUN}z7",
+    "signing key": f"signingKey-{RUN}-0a1b2c3d4e",
 }
 
 
@@ -159,11 +160,13 @@ async def check(
             "url": f"clickhouse://default:{SECRETS['clickhouse password']}@127.0.0.1:{ch_port}/default",
             "connect_timeout_s": 0.5,
         },
+        "security": {"sign": "ops"},  # the tasktimer signs its commands, the datamanager verifies
     }
     system = System(tmp_path, kafka_bootstrap, data_sources=data_sources, livedata=livedata)
     secure = {
         "us-alpaca": {"key": SECRETS["alpaca key"], "secret": SECRETS["alpaca secret"]},
         "hk-fushu": {"api_key": SECRETS["fushu api_key"]},
+        "signing_keys": {"ops": SECRETS["signing key"]},
     }
     (system.config_dir / "secure.yml").write_text(yaml.safe_dump(secure))
     t = system.topics
@@ -264,11 +267,34 @@ async def check(
             ),
         ),
     }
+    # malformed store URLs holding a password (asynch's DSNError and urllib's port error quote them)
+    ch_pw, redis_pw = SECRETS["clickhouse password"], SECRETS["redis password"]
+    malformed_urls = {
+        "clickhouse URL without a scheme": ("clickhouse", f"default:{ch_pw}@127.0.0.1:{ch_port}/default"),
+        "clickhouse password where the port goes": ("clickhouse", f"clickhouse://default:{ch_pw}/127.0.0.1"),
+        "clickhouse URL with a bad port": ("clickhouse", f"clickhouse://default:{ch_pw}@127.0.0.1:9x00/default"),
+        "clickhouse URL with a stray bracket": ("clickhouse", f"clickhouse://default:{ch_pw}@[127.0.0.1/default"),
+        "clickhouse URL of another scheme": ("clickhouse", f"http://default:{ch_pw}@127.0.0.1:{ch_port}/default"),
+        "redis URL without a scheme": ("redis", f":{redis_pw}@{redis.address}/0"),
+        "redis password where the port goes": ("redis", f"redis://:{redis_pw}/{redis.address}"),
+        "redis URL with a port out of range": ("redis", f"redis://:{redis_pw}@127.0.0.1:99999/0"),
+        "redis URL with a stray space": ("redis", f"redis://:{redis_pw} @{redis.address}/0"),
+    }
+    for case, (store, url) in malformed_urls.items():
+        cases[case] = _yaml_edit("livedata.yml", lambda d, store=store, url=url: d[store].update(url=url))
+    cases["signing key too short"] = _yaml_edit("secure.yml", lambda d: d["signing_keys"].update(ops=RUN))
+    cases["secure.yml readable by others, strict_file_modes"] = _yaml_edit(
+        "livedata.yml", lambda d: d.update(security={"sign": "ops", "strict_file_modes": True})
+    )
     runs: list[tuple[str, list[str], Path]] = []
     for case, edit in cases.items():
         d = mistaken_copy(base, case.replace(" ", "_").replace("$", "").replace("{", "").replace("}", ""), edit)
+        if case.startswith("secure.yml readable"):
+            (d / "secure.yml").chmod(0o644)
         runs.append((f"validate: {case}", ["-m", "services.ops.cli", "validate"], d))
         runs.append((f"gateway: {case}", ["-m", "services.feeder_gateway"], d))
+        if case in malformed_urls:
+            runs.append((f"datamanager: {case}", ["-m", "services.datamanager"], d))
     started = time.monotonic()
     rc_wrong, out_wrong = await _until_logged(wrong_pw, "redis not usable")
     scanned["tasktimer with a wrong Redis password"] = out_wrong
