@@ -106,6 +106,7 @@ async def start_publisher(config: AppConfig, client_id: str) -> Any:
 
     from shared.kafka import KafkaPublisher
 
+    await ensure_reachable(config)  # a publisher whose start failed cannot be closed cleanly
     pub = KafkaPublisher(config.livedata.kafka, client_id)
     try:
         await pub.start()
@@ -113,3 +114,40 @@ async def start_publisher(config: AppConfig, client_id: str) -> Any:
         await pub.stop()
         raise Unreachable(describe_broker_error(config, e)) from None
     return pub
+
+
+# the consumer options a plain client or an admin client takes too (connection, security)
+CLIENT_OPTIONS = (
+    "bootstrap_servers",
+    "client_id",
+    "request_timeout_ms",
+    "security_protocol",
+    "ssl_context",
+    "sasl_mechanism",
+    "sasl_plain_username",
+    "sasl_plain_password",
+    "sasl_kerberos_service_name",
+    "sasl_kerberos_domain_name",
+    "sasl_oauth_token_provider",
+)
+
+
+def client_options(config: AppConfig, client_id: str) -> dict[str, Any]:
+    from shared.kafka import consumer_options
+
+    return {k: v for k, v in consumer_options(config.livedata.kafka, client_id).items() if k in CLIENT_OPTIONS}
+
+
+async def ensure_reachable(config: AppConfig) -> None:
+    """Unreachable unless the broker answers a bootstrap (a plain client: a consumer
+    stopped right after its start trips over its own cancelled task)."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaError
+
+    client = AIOKafkaClient(**client_options(config, "livedata-cli-probe"))
+    try:
+        await client.bootstrap()
+    except (KafkaError, OSError) as e:
+        raise Unreachable(describe_broker_error(config, e)) from None
+    finally:
+        await client.close()

@@ -13,11 +13,10 @@ from typing import Any
 
 import aiohttp
 
-from services.ops.common import NOT_READY, OK, UNREACHABLE, Unreachable, config_for, start_consumer
+from services.ops.common import NOT_READY, OK, UNREACHABLE, Unreachable, client_options, config_for, start_consumer
 from shared.config import AppConfig, HttpSettings
 
 SERVICES = ("gateway", "datamanager", "tasktimer")
-# the consumer options an admin client takes too (connection and security ones)
 ADMIN_OPTIONS = (
     "bootstrap_servers",
     "client_id",
@@ -78,7 +77,7 @@ async def consumer_lag(config: AppConfig) -> dict[str, Any]:
     base = config.livedata.datamanager.group_id
     groups = {f"{base}.bars": topics.market_data, f"{base}.commands": topics.control_commands}
     opts = consumer_options(kafka, "livedata-status")
-    admin = AIOKafkaAdminClient(**{k: v for k, v in opts.items() if k in ADMIN_OPTIONS})
+    admin = AIOKafkaAdminClient(**client_options(config, "livedata-status"))
     consumer = AIOKafkaConsumer(**opts)
     await admin.start()
     try:

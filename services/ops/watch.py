@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.datamanager.quality import LIMIT_SLACK, board_limit
-from services.ops.common import OK, Unreachable, config_for, describe_broker_error
+from services.ops.common import OK, Unreachable, config_for, describe_broker_error, ensure_reachable
 from shared.dto import Bar, PriceUpdate, utcnow
 from shared.symbols import Market, market_of, normalize
 
@@ -215,6 +215,7 @@ async def run_watch(config_dir: Any, symbols: list[str], as_json: bool, duration
 
     config = config_for(config_dir)
     wanted = [normalize(s) for s in symbols]
+    await ensure_reachable(config)  # before the SDK client, whose failed start leaves a producer behind
     board = QuoteBoard(wanted)
     client = LiveDataClient(
         config.livedata.kafka.bootstrap_servers,
