@@ -55,7 +55,8 @@ class RateAlarm:
         self.threshold_per_s = threshold_per_s
         self.interval_s = interval_s
         self.window_s = window_s
-        self._samples: deque[tuple[float, float]] = deque()
+        # the baseline is taken now: what grows before the first check counts too
+        self._samples: deque[tuple[float, float]] = deque([(time.monotonic(), float(read()))])
         self._last_alert: float | None = None
         self.raised = 0
 

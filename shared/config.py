@@ -359,6 +359,16 @@ class DatamanagerSettings(ServiceSettings):
     """No tick for this long for a subscribed symbol while its market is open: a gap alert."""
     alert_interval_s: float = Field(60.0, gt=0)
     """At most one alert per code and symbol this often."""
+    partitioned: bool = False
+    """Share market data among several instances by consumer-group assignment: each owns
+    the symbols of its partitions (bars, latest prices, gap watch) and answers bar_snapshot
+    for them; the holder of the active lease alone follows interest and publishes
+    subscriptions. Needs redis.url and clickhouse.url. False: active/standby (the lease
+    holder does everything, the others wait to take over)."""
+    member_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    """A partitioned instance's static group membership (Kafka ``group.instance.id``):
+    a restart with the same id within the session timeout keeps its partitions without a
+    rebalance. Unique per instance; None: dynamic membership."""
 
 
 class TasktimerSettings(ServiceSettings):

@@ -198,6 +198,13 @@ class CommandResult(_Message, tag="command_result", frozen=True):
     v: SchemaVersion = SCHEMA_VERSION
     duration_ms: float = 0.0
     detail: dict[str, Any] = msgspec.field(default_factory=dict)
+    partitions: tuple[int, ...] | None = None
+    """The market-data partitions this answer covers (a partitioned datamanager answers
+    per partition it owns; a command is fully answered once every partition is named)."""
+    partition_count: int | None = None
+    """How many partitions market data has, as the answering instance saw it."""
+    instance: str | None = None
+    """Which instance answered."""
 
 
 class DeadLetter(_Message, tag="dead_letter", frozen=True):

@@ -1,8 +1,10 @@
 """Reads the ``subscriptions`` topic from the beginning: the desired symbols per market.
 
-Every gateway instance reads the whole topic with ``assign()`` (no consumer group), so
-each rebuilds the full desired state and keeps its share: the markets it serves and, with
-a ``shard``, the symbols in its hash range. Last value per market wins. A symbol that
+The gateway follows it to drive its feeders, a partitioned datamanager's members to know
+the subscribed symbols (the lease holder publishes them). Every reader reads the whole
+topic with ``assign()`` (no consumer group), so each rebuilds the full desired state and
+keeps its share: the markets it serves and, with a ``shard``, the symbols in its hash
+range. Last value per market wins. A symbol that
 belongs to no market, or to another market than its message's, is rejected here
 (counted, logged once per message), so it never reaches a feeder.
 """
@@ -64,6 +66,7 @@ class SubscriptionWatcher:
         client_id: str,
         metrics: ServiceMetrics,
         shard: SymbolShard | None = None,
+        rejected_metric: str = "livedata_gateway_symbols_rejected",
     ) -> None:
         self._kafka = kafka
         self._topic = topic
@@ -72,10 +75,14 @@ class SubscriptionWatcher:
         self._client_id = client_id
         self._shard = shard
         self._rejected = metrics.counter(
-            "livedata_gateway_symbols_rejected", "Subscribed symbols that map to no market (or another)", ["market"]
+            rejected_metric, "Subscribed symbols that map to no market (or another)", ["market"]
         )
         self.desired: dict[Market, frozenset[str]] = {}
         self.caught_up = asyncio.Event()
+
+    def market_symbols(self, market: Market) -> frozenset[str]:
+        """The subscribed symbols of ``market`` (this reader's share), as last published."""
+        return self.desired.get(market, frozenset())
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = AIOKafkaConsumer(**consumer_options(self._kafka, self._client_id, background=True))

@@ -34,6 +34,17 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
             t.exception()
 
 
+async def wait_first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    if any(e.is_set() for e in events):
+        return
+    waiters = [asyncio.create_task(e.wait(), name="wait-first") for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(waiters)
+
+
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """Wait ``seconds`` or until ``stop`` is set, whichever comes first; True if stopped."""
     if not stop.is_set():

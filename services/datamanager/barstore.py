@@ -209,20 +209,28 @@ class ClickHouseBars:
         )
         return [BarRow(*r) for r in rows]
 
-    async def resume_rows(self, days: Iterable[date]) -> list[BarRow]:
-        """Each symbol's daily bar and newest minute bar of ``days`` (to resume aggregation)."""
+    async def resume_rows(self, days: Iterable[date], partitions: Iterable[int] | None = None) -> list[BarRow]:
+        """Each symbol's daily bar and newest minute bar of ``days`` (to resume aggregation),
+        optionally only of the symbols whose ticks came from ``partitions`` of market data."""
         day_list = tuple(sorted(set(days)))
         if not day_list:
             return []
         cols = ", ".join(COLUMNS)
         table = f"{self.database}.bars"
+        args: dict[str, Any] = {"days": day_list}
+        only = ""
+        if partitions is not None:
+            args["parts"] = tuple(sorted(set(partitions)))
+            if not args["parts"]:
+                return []
+            only = " AND tick_partition IN %(parts)s"
         daily = await self.execute(
-            f"SELECT {cols} FROM {table} FINAL WHERE period = '1d' AND trading_day IN %(days)s", {"days": day_list}
+            f"SELECT {cols} FROM {table} FINAL WHERE period = '1d' AND trading_day IN %(days)s{only}", args
         )
         minutes = await self.execute(
-            f"SELECT {cols} FROM {table} FINAL WHERE period = '1m' AND trading_day IN %(days)s"
+            f"SELECT {cols} FROM {table} FINAL WHERE period = '1m' AND trading_day IN %(days)s{only}"
             f" AND (symbol, start) IN (SELECT symbol, max(start) FROM {table}"
-            " WHERE period = '1m' AND trading_day IN %(days)s GROUP BY symbol)",
-            {"days": day_list},
+            f" WHERE period = '1m' AND trading_day IN %(days)s{only} GROUP BY symbol)",
+            args,
         )
         return [BarRow(*r) for r in daily] + [BarRow(*r) for r in minutes]

@@ -1,11 +1,15 @@
-"""Command intake: control commands in, each answered once, its result on system events.
+"""Command intake: control commands in, each answered once per partition, results out.
 
 A fresh consumer starts at the end of the command topic (commands are never replayed
-into the present); the desk refuses stale, duplicate and other services' commands; a
-once-only claim (``shared.coordination``) makes one instance answer each correlation id.
-A claim left unanswered by a predecessor that died on this host is answered, unless its
-answer is already on system events. The claim is marked done only after the result is
-published, so a crash in between answers it again rather than never.
+into the present); the desk refuses stale, duplicate and other services' commands. An
+answer covers the market-data partitions this instance owns: it claims ``<id>@<partition>``
+for each (``shared.coordination``), answers for those it won, and names them in the
+``command_result``, so a command is fully answered once every partition is named. A claim
+held by another instance on a partition we own was made by its previous owner, which died
+or lost it: unless that owner's answer is already on system events, it is dropped and
+answered here. Partitions taken over in a rebalance answer the recent commands again.
+The claims are marked done only after the result is published, so a crash in between
+answers again rather than never.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 
 from aiokafka import AIOKafkaConsumer
 
@@ -20,15 +25,19 @@ from services.datamanager.admission import Admission
 from services.datamanager.commands import CommandDesk
 from services.datamanager.consumers import assigned_consumer, pin_start
 from services.datamanager.metrics import RecordFailures
+from services.datamanager.ownership import Ownership
 from shared.alarms import LoopHeartbeats
 from shared.config import DatamanagerSettings, KafkaSettings
-from shared.coordination import ClaimState, OnceClaims, holder_is_gone
+from shared.coordination import ClaimState, OnceClaims
 from shared.dto import CommandResult, ControlCommand, decode
 from shared.kafka import DeadLetters, Inbox, KafkaPublisher, assign_all, commit, consumer_options, fetch
 from shared.logs import kv
 from shared.topics import Topics
 
 log = logging.getLogger("datamanager.commands")
+
+RECENT_COMMANDS = 1000
+"""Commands kept to answer again for partitions taken over (those within the freshness window)."""
 
 
 class CommandIntake:
@@ -42,6 +51,7 @@ class CommandIntake:
         kafka: KafkaSettings,
         topics: Topics,
         claims: OnceClaims,
+        ownership: Ownership,
         publisher: KafkaPublisher,
         inbox: Inbox,
         dead: DeadLetters,
@@ -55,18 +65,21 @@ class CommandIntake:
         self._kafka = kafka
         self._topics = topics
         self._claims = claims
+        self._own = ownership
         self._publisher = publisher
         self._inbox = inbox
         self._dead = dead
         self._failures = failures
         self._loops = loops
         self.admission = admission  # ids and signatures, checked before a command is claimed
+        self._ttl_s = settings.command_freshness_s * 2
         self.desk = CommandDesk(service, settings.command_freshness_s)
         self.ready = asyncio.Event()
+        self._recent: deque[ControlCommand] = deque(maxlen=RECENT_COMMANDS)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.ready.clear()
-        consumer = assigned_consumer(self._kafka, self._settings.group_id, "commands")
+        consumer = self._consumer()
         await consumer.start()
         try:
             await pin_start(consumer, await assign_all(consumer, self._topics.control_commands))
@@ -74,6 +87,9 @@ class CommandIntake:
             while not stop.is_set():
                 self._loops.beat("commands")
                 batches = await fetch(consumer, timeout_ms=200, max_records=100)
+                acquired = self._own.take_acquired()
+                if acquired:
+                    await self._answer_again(acquired)
                 if not batches:
                     continue
                 for rec, msg in await self._inbox.decode(batches):
@@ -92,52 +108,93 @@ class CommandIntake:
             self._loops.retire("commands")
             await consumer.stop()
 
+    def _consumer(self) -> AIOKafkaConsumer:
+        if self._settings.partitioned:  # every member reads every command, at its own offsets
+            member = self._settings.member_id or self._instance_id
+            return assigned_consumer(self._kafka, f"{self._settings.group_id}.{member}", "commands")
+        return assigned_consumer(self._kafka, self._settings.group_id, "commands")
+
     async def _handle(self, cmd: ControlCommand) -> None:
-        ttl = self._settings.command_freshness_s * 2
         if cmd.timestamp.timestamp() > time.time() + self._settings.max_clock_skew_s:
             # a command from the future would run now (never stale): refused
             raise ValueError(f"timestamp {cmd.timestamp.isoformat()} is ahead of the receive clock")
         why_not = self.desk.should_run(cmd)
-        if why_not is None and not await self._claim(cmd.correlation_id, ttl):
-            why_not = "answered_by_another_instance"
-        if why_not is not None:
-            if why_not != "other_target":
-                log.info(
-                    "command ignored",
-                    extra=kv(command=cmd.command[:64], correlation_id=cmd.correlation_id[:64], reason=why_not),
-                )
-            return
-        result = await self.desk.execute(cmd)
-        log.info("command done", extra=kv(command=cmd.command[:64], ok=result.ok, duration_ms=result.duration_ms))
-        await self._publisher.publish(self._topics.system_events, result, key=self._service)
-        await self._claims.complete(cmd.correlation_id, ttl)
-
-    async def _claim(self, correlation_id: str, ttl: float) -> bool:
-        """Claim answering a command; a claim left unanswered by a predecessor that died on
-        this host (SIGKILL between claim and answer) is taken over, not skipped."""
-        claim = await self._claims.claim(correlation_id, self._instance_id, ttl)
-        if claim.state is ClaimState.HELD and claim.holder is not None and holder_is_gone(claim.holder):
-            # it may have died after publishing the answer, before marking it: look first
-            if await self._answer_published(correlation_id, ttl):
-                await self._claims.complete(correlation_id, ttl)
-                return False
-            log.warning(
-                "command claimed by a process that is gone, unanswered: answering it",
-                extra=kv(correlation_id=correlation_id, holder=claim.holder),
+        if why_not is None:
+            self._recent.append(cmd)
+            await self._answer(cmd, self._own.partitions)
+        elif why_not != "other_target":
+            log.info(
+                "command ignored",
+                extra=kv(command=cmd.command[:64], correlation_id=cmd.correlation_id[:64], reason=why_not),
             )
-            await self._claims.drop(correlation_id, claim.holder)
-            claim = await self._claims.claim(correlation_id, self._instance_id, ttl)
-        return claim.state is ClaimState.CLAIMED
 
-    async def _answer_published(self, correlation_id: str, within_s: float) -> bool:
-        """Whether a command_result for ``correlation_id`` is on system.events (read from
-        ``within_s`` ago to the end; rare: only for a claim a dead predecessor left)."""
+    async def _answer_again(self, partitions: frozenset[int]) -> None:
+        """Partitions just taken over: answer for them the recent commands their previous
+        owner may have left unanswered (each claim says whether it did)."""
+        for cmd in list(self._recent):
+            if self.desk.is_fresh(cmd):
+                try:
+                    await self._answer(cmd, partitions)
+                except Exception as e:  # one command's failure is logged, never the loop's end
+                    log.error("answering again failed", extra=kv(correlation_id=cmd.correlation_id[:64], error=repr(e)))
+
+    async def _answer(self, cmd: ControlCommand, partitions: frozenset[int]) -> None:
+        if not partitions:
+            return  # a member without partitions has nothing to answer for
+        won = await self._claim(cmd.correlation_id, partitions)
+        if not won:
+            log.info(
+                "command ignored",
+                extra=kv(correlation_id=cmd.correlation_id[:64], reason="answered_by_another_instance"),
+            )
+            return
+        result = await self.desk.execute(cmd, won, self._own.count, self._instance_id)
+        log.info(
+            "command done",
+            extra=kv(command=cmd.command[:64], ok=result.ok, duration_ms=result.duration_ms, partitions=sorted(won)),
+        )
+        await self._publisher.publish(self._topics.system_events, result, key=self._service)
+        for p in won:
+            await self._claims.complete(_key(cmd.correlation_id, p), self._ttl_s)
+
+    async def _claim(self, correlation_id: str, partitions: frozenset[int]) -> frozenset[int]:
+        """The partitions of ``partitions`` this instance now answers ``correlation_id`` for."""
+        won: set[int] = set()
+        held: dict[int, str] = {}
+        for p in sorted(partitions):
+            claim = await self._claims.claim(_key(correlation_id, p), self._instance_id, self._ttl_s)
+            if claim.state is ClaimState.CLAIMED:
+                won.add(p)
+            elif claim.state is ClaimState.HELD and claim.holder is not None and claim.holder != self._instance_id:
+                held[p] = claim.holder
+        if held:
+            # we own these partitions, so their holder no longer does (dead, or moved on):
+            # it may have published its answer before marking it, look first
+            answered = await self._answered_partitions(correlation_id)
+            for p, holder in held.items():
+                key = _key(correlation_id, p)
+                if p in answered:
+                    await self._claims.complete(key, self._ttl_s)
+                    continue
+                log.warning(
+                    "command claimed by an instance that no longer owns its partition, unanswered: answering it",
+                    extra=kv(correlation_id=correlation_id[:64], partition=p, holder=holder),
+                )
+                await self._claims.drop(key, holder)
+                if (await self._claims.claim(key, self._instance_id, self._ttl_s)).state is ClaimState.CLAIMED:
+                    won.add(p)
+        return frozenset(won)
+
+    async def _answered_partitions(self, correlation_id: str) -> set[int]:
+        """The partitions whose answer to ``correlation_id`` is on system events (read from
+        the claim ttl ago to the end; rare: only for claims a previous owner left)."""
         consumer = AIOKafkaConsumer(**consumer_options(self._kafka, f"{self._kafka.client_id}-dm-answers"))
         await consumer.start()
+        answered: set[int] = set()
         try:
             tps = await assign_all(consumer, self._topics.system_events)
             ends = await consumer.end_offsets(tps)
-            since = int((time.time() - within_s) * 1000)
+            since = int((time.time() - self._ttl_s) * 1000)
             starts = await consumer.offsets_for_times(dict.fromkeys(tps, since))
             for tp in tps:
                 found = starts.get(tp)
@@ -152,10 +209,13 @@ class CommandIntake:
                         if rec.value and needle in rec.value:
                             msg = decode(rec.value)
                             if isinstance(msg, CommandResult) and msg.correlation_id == correlation_id:
-                                return True
-            return False
+                                answered.update(msg.partitions or ())
         except Exception as e:  # cannot tell: answering again beats not answering
             log.warning("could not look for a published answer", extra=kv(error=repr(e)))
-            return False
         finally:
             await consumer.stop()
+        return answered
+
+
+def _key(correlation_id: str, partition: int) -> str:
+    return f"{correlation_id}@{partition}"

@@ -10,7 +10,8 @@ from typing import Any
 
 from shared.dto import CommandResult, ControlCommand, utcnow
 
-CommandHandler = Callable[[ControlCommand], Awaitable[dict[str, Any]]]
+CommandHandler = Callable[[ControlCommand, frozenset[int]], Awaitable[dict[str, Any]]]
+"""A command's handler, given the market-data partitions its answer covers."""
 
 ACCEPTED_TARGETS = frozenset({"datamanager", "*", "all"})
 
@@ -51,14 +52,22 @@ class CommandDesk:
             self._seen.popitem(last=False)
         return None
 
-    async def execute(self, cmd: ControlCommand) -> CommandResult:
+    def is_fresh(self, cmd: ControlCommand, now: datetime | None = None) -> bool:
+        """For us and not stale (a command answered again after a takeover)."""
+        now = now or utcnow()
+        return cmd.target in ACCEPTED_TARGETS and (now - cmd.timestamp).total_seconds() <= self.freshness_s
+
+    async def execute(
+        self, cmd: ControlCommand, partitions: frozenset[int], partition_count: int, instance: str
+    ) -> CommandResult:
+        """Run ``cmd`` for ``partitions`` and say which partitions the answer covers."""
         started = time.perf_counter()
         handler = self._handlers.get(cmd.command)
         if handler is None:
             ok, detail = False, {"error": f"unknown command {cmd.command!r}", "known": sorted(self._handlers)}
         else:
             try:
-                ok, detail = True, await handler(cmd)
+                ok, detail = True, await handler(cmd, partitions)
             except ValueError as e:  # bad params: the handler names the parameter
                 ok, detail = False, {"error": str(e)}
         return CommandResult(
@@ -69,4 +78,7 @@ class CommandDesk:
             duration_ms=round((time.perf_counter() - started) * 1000.0, 3),
             detail=detail,
             timestamp=utcnow(),
+            partitions=tuple(sorted(partitions)),
+            partition_count=partition_count,
+            instance=instance,
         )

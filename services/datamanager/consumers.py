@@ -26,13 +26,21 @@ def assigned_consumer(kafka: KafkaSettings, group_id: str, role: str) -> AIOKafk
     )
 
 
-async def pin_start(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
-    """Resolve each partition's start and commit it where the group had no offset yet."""
+async def pin_start(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[int, int]:
+    """Start each partition at the group's committed offset (seeking there explicitly:
+    aiokafka's position inside a rebalance listener was seen at the end of a partition
+    whose committed offset was earlier), or where the group has none yet at the reset
+    position, committed at once. Returns where each partition starts."""
     fresh: dict[TopicPartition, int] = {}
+    starts: dict[int, int] = {}
     for tp in tps:
         committed = await consumer.committed(tp)
-        position = await consumer.position(tp)
         if committed is None:
-            fresh[tp] = position
+            start = fresh[tp] = await consumer.position(tp)
+        else:
+            start = committed
+            consumer.seek(tp, committed)
+        starts[tp.partition] = start
     if fresh:
         await consumer.commit(fresh)
+    return starts

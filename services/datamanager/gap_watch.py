@@ -1,13 +1,15 @@
-"""Gap watch: subscribed symbols without a tick for ``gap_alert_s`` while their market is
-in session raise a ``tick_gap`` alert (rate-limited per symbol) and are counted."""
+"""Gap watch: subscribed symbols (of the partitions this instance owns) without a tick for
+``gap_alert_s`` while their market is in session raise a ``tick_gap`` alert (rate-limited
+per symbol) and are counted."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from services.datamanager.bars import BarAggregator
-from services.datamanager.interest import InterestRegistry
+from services.datamanager.interest import SubscribedSymbols
 from services.datamanager.metrics import DatamanagerMetrics
+from services.datamanager.ownership import Ownership
 from services.datamanager.quality import AlertGate
 from shared.dto import utcnow
 from shared.events import SystemEvents
@@ -20,10 +22,11 @@ class GapWatch:
         self,
         gap_alert_s: float,
         alert_interval_s: float,
-        registry: InterestRegistry,
+        registry: SubscribedSymbols,
         bars: Callable[[], BarAggregator],
         events: SystemEvents,
         metrics: DatamanagerMetrics,
+        ownership: Ownership,
     ) -> None:
         self._gap_s = gap_alert_s
         self._gate = AlertGate(alert_interval_s)
@@ -31,6 +34,7 @@ class GapWatch:
         self._bars = bars
         self._events = events
         self._metrics = metrics
+        self._own = ownership
 
     def check(self, now: float, since: float) -> int:
         """Alert on symbols silent for the gap window (counted from ``since`` at the
@@ -43,6 +47,8 @@ class GapWatch:
         gapped = 0
         for market in open_markets:
             for symbol in self._registry.market_symbols(market):
+                if not self._own.owns(symbol):
+                    continue  # another instance's partition watches it
                 silent = now - max(bars.last_tick_time(symbol), since)
                 if silent > self._gap_s:
                     gapped += 1

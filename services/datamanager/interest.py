@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from shared.config import InterestLimits
 from shared.dto import InterestUpdate, UpdateType
 from shared.symbols import Market, market_of, normalize
 
 SubscriberId = tuple[str, str]  # (portfolio_id, node_id)
+
+
+class SubscribedSymbols(Protocol):
+    """The union of interest per market: the registry (on the lease holder) or the
+    published subscriptions (on a partitioned datamanager's members)."""
+
+    def market_symbols(self, market: Market) -> frozenset[str]: ...
 
 
 @dataclass(slots=True)

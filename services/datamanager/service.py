@@ -24,22 +24,25 @@ from services.datamanager.admission import Admission
 from services.datamanager.barstore import ClickHouseBars
 from services.datamanager.command_intake import CommandIntake
 from services.datamanager.gap_watch import GapWatch
+from services.datamanager.interest import SubscribedSymbols
 from services.datamanager.interest_follower import InterestFollower
 from services.datamanager.leadership import Leadership, Role
 from services.datamanager.metrics import DatamanagerMetrics, RecordFailures
+from services.datamanager.ownership import Ownership
 from services.datamanager.snapshots import Snapshots
 from services.datamanager.state import open_homes
 from services.datamanager.tick_intake import TickIntake
 from shared.broker_watch import BrokerReturn
-from shared.config import AppConfig, DatamanagerSettings
-from shared.dto import Bar, ControlCommand, InterestUpdate, PriceUpdate, TradeCorrection
+from shared.config import LIVEDATA_FILE, AppConfig, ConfigError, DatamanagerSettings
+from shared.dto import Bar, ControlCommand, InterestUpdate, PriceUpdate, Subscription, TradeCorrection
 from shared.kafka import DeadLetters, Inbox
 from shared.logs import kv
 from shared.metrics import counter_total
 from shared.runtime import Service
 from shared.signing import verifier_from_config
+from shared.subscriptions import SubscriptionWatcher
 from shared.symbols import Market
-from shared.tasks import sleep_or_stop
+from shared.tasks import sleep_or_stop, wait_first
 
 log = logging.getLogger("datamanager")
 
@@ -54,6 +57,9 @@ class DataManager(Service):
     def __init__(self, config: AppConfig) -> None:
         super().__init__(config, config.livedata.datamanager)
         live, s, t = config.livedata, self.settings, self.topics
+        if s.partitioned and (live.redis.url is None or live.clickhouse.url is None):
+            # members hand partitions over through ClickHouse (bars) and Redis (lease, claims)
+            raise ConfigError(f"{LIVEDATA_FILE}: datamanager.partitioned: needs redis.url and clickhouse.url")
         self.state, lease, claims = open_homes(live.redis.url, s.redis_key_prefix)
         ch = live.clickhouse
         store = ClickHouseBars(ch.url.get_secret_value(), ch.database, ch.connect_timeout_s) if ch.url else None
@@ -65,6 +71,7 @@ class DataManager(Service):
                 t.interest_updates: (InterestUpdate,),
                 t.control_commands: (ControlCommand,),
                 t.market_data: (PriceUpdate, TradeCorrection),
+                t.subscriptions: (Subscription,),  # read when partitioned
             },
             ignores={t.market_data: (Bar,)},
         )
@@ -82,8 +89,9 @@ class DataManager(Service):
             s.limits.rejected_alert_per_s,
         )
         self.leadership = Leadership(lease, s.active_lease_s, self.events)
+        self.ownership = own = Ownership()
         self.intake = TickIntake(
-            s, ch, self.kafka, t, store, self.state, inbox, self.dead, self.failures, self.events, m, self.loops
+            s, ch, self.kafka, t, store, self.state, inbox, self.dead, self.failures, self.events, m, self.loops, own
         )
         self.interest = InterestFollower(
             s,
@@ -98,8 +106,19 @@ class DataManager(Service):
             self._added,
             admission=admission(),
         )
+        # partitioned, every member knows the subscribed symbols from the published subscriptions
+        self.subscribed = SubscriptionWatcher(
+            self.kafka,
+            t.subscriptions,
+            inbox,
+            lambda market, symbols: None,
+            f"{self.kafka.client_id}-dm-subscriptions",
+            self.metrics,
+            rejected_metric="livedata_datamanager_symbols_rejected",
+        )
+        symbols: SubscribedSymbols = self.subscribed if s.partitioned else self.interest.registry
         bars = lambda: self.intake.bars  # noqa: E731 - a takeover replaces the aggregator
-        self.snapshots = Snapshots(t, self.publisher, self.interest.registry, bars, store, self.state)
+        self.snapshots = Snapshots(t, self.publisher, symbols, bars, store, self.state, own)
         me = self.leadership.instance_id
         self.commands = CommandIntake(
             self.name,
@@ -108,6 +127,7 @@ class DataManager(Service):
             self.kafka,
             t,
             claims,
+            own,
             self.publisher,
             inbox,
             self.dead,
@@ -117,9 +137,7 @@ class DataManager(Service):
         )
         self.commands.desk.register("bar_snapshot", self.snapshots.bar_snapshot)
         self.commands.desk.register("status", self._status)
-        self.gaps = GapWatch(
-            s.gap_alert_s, s.alert_interval_s, self.interest.registry, bars, self.events, m
-        )
+        self.gaps = GapWatch(s.gap_alert_s, s.alert_interval_s, symbols, bars, self.events, m, own)
         m.read_parts(self.intake, self.interest.registry, self.leadership)
 
     async def _added(self, symbols: set[str]) -> None:
@@ -130,15 +148,19 @@ class DataManager(Service):
         return self.leadership.role
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        me = {"role": self.role, "instance": self.leadership.instance_id}
-        if self.role is not Role.ACTIVE:  # a standby answers 503: it serves nothing until it takes over
-            return False, {**me, "broker": self.broker_ok}
+        me: dict[str, Any] = {"role": self.role, "instance": self.leadership.instance_id}
         parts = {
             "broker": self.broker_ok,
-            "interest_loaded": self.interest.loaded.is_set(),
             "ticks_consumer": self.intake.ready.is_set(),
             "commands_consumer": self.commands.ready.is_set(),
         }
+        if self.settings.partitioned:  # every member serves its partitions; the leader also interest
+            me["partitions"] = sorted(self.ownership.partitions)
+            parts["subscriptions_loaded"] = self.subscribed.caught_up.is_set()
+        elif self.role is not Role.ACTIVE:  # a standby answers 503: it serves nothing until it takes over
+            return False, {**me, "broker": self.broker_ok}
+        if self.role is Role.ACTIVE:
+            parts["interest_loaded"] = self.interest.loaded.is_set()
         return all(parts.values()), {**me, **parts}
 
     def health(self) -> dict[str, Any]:
@@ -155,7 +177,7 @@ class DataManager(Service):
             out["clickhouse"] = {"healthy": store.healthy, "pending": len(store.pending)}
         return out
 
-    async def _status(self, cmd: ControlCommand) -> dict[str, Any]:
+    async def _status(self, cmd: ControlCommand, partitions: frozenset[int]) -> dict[str, Any]:
         return {**self.health(), "rejected": dict(self.intake.bars.rejected), "failed_records": self.failures.by_reason}
 
     # -- phases ------------------------------------------------------------------------------
@@ -174,8 +196,11 @@ class DataManager(Service):
         try:
             async with asyncio.TaskGroup() as tg:
                 events_task = tg.create_task(self.events.run(self.publisher), name="dm.events")
-                while await self.leadership.acquire(stop):
-                    await self._active_session(stop)
+                if self.settings.partitioned:
+                    await self._serve_partitions(stop)
+                else:
+                    while await self.leadership.acquire(stop):
+                        await self._active_session(stop)
                 self.events.status("datamanager", "stopped", instance=me)
                 self.events.close()
                 await events_task
@@ -197,13 +222,26 @@ class DataManager(Service):
                 tg.create_task(self.commands.run(session_stop), name="dm.commands"),
                 tg.create_task(self._housekeeping(session_stop), name="dm.housekeeping"),
             ]
-            waiters = [tg.create_task(stop.wait(), name="dm.stop-wait"), tg.create_task(lost.wait(), name="dm.lost")]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await wait_first(stop, lost)
             # stop consuming → finish in flight → commit (in each intake) → close
             session_stop.set()
-            for w in waiters:
-                w.cancel()
             await asyncio.gather(*intake)
+
+    async def _serve_partitions(self, stop: asyncio.Event) -> None:
+        """Partitioned: serve this member's share of market data and answer every command for
+        it from the start; follow interest and publish subscriptions while holding the lease."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.subscribed.run(stop), name="dm.subscriptions")
+            tg.create_task(self.intake.run(stop), name="dm.ticks")
+            tg.create_task(self.commands.run(stop), name="dm.commands")
+            tg.create_task(self._housekeeping(stop), name="dm.housekeeping")
+            while await self.leadership.acquire(stop):
+                async with self.leadership.held(stop) as lost:
+                    lead_stop = asyncio.Event()
+                    follower = tg.create_task(self.interest.run(lead_stop), name="dm.interest")
+                    await wait_first(stop, lost)
+                    lead_stop.set()
+                    await follower
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         """Once a second: close minute bars that have ended, expire leases, watch for gaps."""
@@ -211,8 +249,9 @@ class DataManager(Service):
             self.intake.close_due()
             now = time.time()
             await self.interest.expire(now, stop)
-            if self.interest.loaded.is_set():
-                self.gaps.check(now, self.leadership.active_since)
+            known = self.subscribed.caught_up if self.settings.partitioned else self.interest.loaded
+            if known.is_set():
+                self.gaps.check(now, max(self.leadership.active_since, self.ownership.since))
 
     async def _on_broker_back(self, back: BrokerReturn) -> None:
         """After an outage republish every market's subscription: a broker that lost its

@@ -18,7 +18,8 @@ import msgspec
 
 from services.datamanager.bars import BarAggregator, row_bar
 from services.datamanager.barstore import ClickHouseBars
-from services.datamanager.interest import InterestRegistry
+from services.datamanager.interest import SubscribedSymbols
+from services.datamanager.ownership import Ownership
 from services.datamanager.state import DatamanagerState
 from shared.commands import BarSnapshotParams, ParamError
 from shared.dto import Bar, ControlCommand, utcnow
@@ -40,10 +41,11 @@ class Snapshots:
         self,
         topics: Topics,
         publisher: KafkaPublisher,
-        registry: InterestRegistry,
+        registry: SubscribedSymbols,
         bars: Callable[[], BarAggregator],
         store: ClickHouseBars | None,
         state: DatamanagerState,
+        ownership: Ownership,
     ) -> None:
         self._topics = topics
         self._publisher = publisher
@@ -51,15 +53,18 @@ class Snapshots:
         self._bars = bars
         self._store = store
         self._state = state
+        self._own = ownership
 
-    async def bar_snapshot(self, cmd: ControlCommand) -> dict[str, Any]:
-        """The ``bar_snapshot`` handler (params: market, date, period)."""
+    async def bar_snapshot(self, cmd: ControlCommand, partitions: frozenset[int]) -> dict[str, Any]:
+        """The ``bar_snapshot`` handler (params: market, date, period), for the subscribed
+        symbols of ``partitions`` of market data."""
         try:
             p = BarSnapshotParams.parse(cmd.params)
         except ParamError as e:
             raise ValueError(f"bar_snapshot: {e}") from None
         now = utcnow()
         bars = self._bars()
+        own = self._own
         items: list[tuple[str, Bar]] = []
         missing = 0
         per_market: dict[str, int] = {}
@@ -67,7 +72,7 @@ class Snapshots:
         store_error: str | None = None
         for market in p.markets:
             day = p.day or trading_day(market, now)
-            symbols = sorted(self._registry.market_symbols(market))
+            symbols = sorted(s for s in self._registry.market_symbols(market) if own.partition(s) in partitions)
             stored: dict[str, dict[int, Bar]] = {}
             if self._store is not None and symbols:
                 try:

@@ -13,7 +13,6 @@ from services.feeder_gateway.feeders.catalog import validate_sources
 from services.feeder_gateway.feeders.registry import FEEDER_TYPES
 from services.feeder_gateway.feeders.wanted import WantedSymbols
 from services.feeder_gateway.market_feed import MarketFeed
-from services.feeder_gateway.subscriptions import SubscriptionWatcher
 from services.feeder_gateway.tick_publisher import TickPublisher
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
 from shared.config import AppConfig, GatewaySettings
@@ -24,6 +23,7 @@ from shared.logs import kv
 from shared.metrics import add_callback_metric
 from shared.outbox import Outbox
 from shared.runtime import Service
+from shared.subscriptions import SubscriptionWatcher
 from shared.symbols import Market
 
 log = logging.getLogger("feeder-gateway")
