@@ -83,6 +83,18 @@ def check_file(path: Path, env: Mapping[str, str] | None = None, now: datetime |
     return FileCheck(path, [], horizon_warnings(where, parsed, now), parsed)
 
 
+def unconfirmed_year(job: JobSettings, now: datetime) -> int | None:
+    """The first year of the coming ``HORIZON_WARNING_DAYS`` whose calendar the job follows
+    unconfirmed (None: no calendar, or every such year confirmed)."""
+    if job.calendar is None:
+        return None
+    cal = calendar(job.calendar)
+    for year in sorted({now.year, (now + timedelta(days=HORIZON_WARNING_DAYS)).year}):
+        if not cal.confirmed(year):
+            return year
+    return None
+
+
 def horizon_warnings(where: str, parsed: TaskTimerFile, now: datetime | None = None) -> list[str]:
     """A warning per enabled calendar job whose calendar is not confirmed in the coming days,
     and per enabled job that never fires (every instant on a non-trading day)."""
@@ -91,15 +103,13 @@ def horizon_warnings(where: str, parsed: TaskTimerFile, now: datetime | None = N
     for job in parsed.jobs:
         if not job.enabled or job.calendar is None:
             continue
-        cal = calendar(job.calendar)
-        for year in sorted({now.year, (now + timedelta(days=HORIZON_WARNING_DAYS)).year}):
-            if not cal.confirmed(year):
-                out.append(
-                    f"{where}: job {job.name}: calendar: {job.calendar.value} {year} is not confirmed "
-                    f"(add shared/calendar_overrides/{job.calendar.value}/{year}.yml); in {year} the job "
-                    "skips the holidays library's estimated holidays and alerts on each fire"
-                )
-                break
+        year = unconfirmed_year(job, now)
+        if year is not None:
+            out.append(
+                f"{where}: job {job.name}: calendar: {job.calendar.value} {year} is not confirmed "
+                f"(add shared/calendar_overrides/{job.calendar.value}/{year}.yml); in {year} the job "
+                "skips the holidays library's estimated holidays and alerts on each fire"
+            )
         if next_fire(job, now) is None:
             out.append(
                 f"{where}: job {job.name}: cron: no instant on a {job.calendar.value} trading day within "

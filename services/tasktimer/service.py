@@ -31,12 +31,13 @@ from typing import Any
 
 from services.tasktimer.clock import Clock, as_clock
 from services.tasktimer.cron import MAX_SKIPPED_DAYS, fire_id, horizon_note, missed, next_fire, schedule_fingerprint
-from services.tasktimer.jobs import load_jobs
+from services.tasktimer.jobs import HORIZON_WARNING_DAYS, load_jobs, unconfirmed_year
 from services.tasktimer.store import FireStore, MemoryFireStore, RedisFireStore
 from shared.config import TASK_TIMER_FILE, AppConfig, ConfigError, JobSettings, TasktimerSettings
 from shared.coordination import ClaimState
 from shared.dto import ControlCommand, utcnow
 from shared.logs import kv
+from shared.metrics import add_callback_metric
 from shared.runtime import Service
 from shared.signing import sign, signer_from_config
 from shared.tasks import cancel_and_wait, retry_until_stopped, sleep_or_stop
@@ -95,6 +96,14 @@ class TaskTimer(Service):
             "livedata_timer_lateness_seconds", "Scheduled instant → command acknowledged by the broker"
         )
         self._reloads = self.metrics.counter("livedata_timer_reloads", "task_timer.yml reloads", ["result"])
+        add_callback_metric(
+            self.metrics,
+            "gauge",
+            "livedata_timer_calendar_unconfirmed_jobs",
+            f"Enabled jobs whose exchange calendar is not confirmed within {HORIZON_WARNING_DAYS} days "
+            "(they fire on the holidays library's estimated dates)",
+            lambda: float(sum(unconfirmed_year(j, self.clock.now()) is not None for j in self.jobs.values())),
+        )
 
     # -- health ------------------------------------------------------------------------
 

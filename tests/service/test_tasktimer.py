@@ -258,6 +258,7 @@ async def test_unconfirmed_calendar_year_fires_on_estimated_dates_and_alerts(
     assert "CN calendar for 2030 is not confirmed" in alert.message and "estimated" in alert.message
     assert alert.detail["job"] == "cn_close" and alert.detail["estimated"] is True
     assert next_fire(JobSettings.model_validate(job), instant - timedelta(days=4)) == instant  # from the 02-04 close
+    assert sample(timer, "livedata_timer_calendar_unconfirmed_jobs") == 1.0  # what the CalendarUnconfirmed alert reads
 
 
 async def test_schedule_start_is_set_once_per_schedule(redis_url: str, redis_prefix: str) -> None:

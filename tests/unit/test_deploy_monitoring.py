@@ -105,7 +105,7 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "ConsumerLagHigh",
         "DatamanagerNoActive",
         "TimerFireFailed",
-        "CalendarNextYearReview",
+        "CalendarUnconfirmed",
     } <= names
 
 
