@@ -122,6 +122,7 @@ class InterestFollower:
                 if offsets or self.registry.dirty:
                     await self.save(offsets, stop)
         finally:
+            self.loaded.clear()  # no longer following: nothing to expire, publish or save from here
             self._loops.retire("interest")
             await consumer.stop()
 

@@ -5,11 +5,13 @@ The parts, one job each: ``Leadership`` (the active lease), ``InterestFollower``
 ``CommandIntake`` (commands answered once), ``Snapshots`` (``bar_snapshot`` and
 snapshot-on-subscribe), ``GapWatch`` and ``DatamanagerMetrics``.
 
-Phases: start Kafka → wait for the lease (standby meanwhile) → an active session runs
-the intakes until stop or the lease is lost → stop consuming, finish in flight, commit
-(each intake does so as it returns) → release the lease, close the stores. Becoming
-active rebuilds everything from the homes of the state: interest and latest prices from
-Redis, bars from ClickHouse, positions from the committed offsets.
+Phases, active/standby: start Kafka → wait for the lease (standby meanwhile) → an active
+session runs the intakes until stop or the lease is lost → stop consuming, finish in
+flight, commit (each intake does so as it returns) → release the lease, close the stores.
+Becoming active rebuilds everything from the homes of the state: interest and latest
+prices from Redis, bars from ClickHouse, positions from the committed offsets.
+Partitioned: the tick and command intakes run from the start on this member's share of
+market data (``Ownership``), and interest is followed only while holding the lease.
 """
 
 from __future__ import annotations
@@ -93,47 +95,21 @@ class DataManager(Service):
         self.intake = TickIntake(
             s, ch, self.kafka, t, store, self.state, inbox, self.dead, self.failures, self.events, m, self.loops, own
         )
+        parts = (inbox, self.dead, self.failures)
         self.interest = InterestFollower(
-            s,
-            self.kafka,
-            t,
-            self.state,
-            self.publisher,
-            inbox,
-            self.dead,
-            self.failures,
-            self.loops,
-            self._added,
-            admission=admission(),
+            s, self.kafka, t, self.state, self.publisher, *parts, self.loops, self._added, admission=admission()
         )
         # partitioned, every member knows the subscribed symbols from the published subscriptions
         self.subscribed = SubscriptionWatcher(
-            self.kafka,
-            t.subscriptions,
-            inbox,
-            lambda market, symbols: None,
-            f"{self.kafka.client_id}-dm-subscriptions",
-            self.metrics,
-            rejected_metric="livedata_datamanager_symbols_rejected",
-        )
+            self.kafka, t.subscriptions, inbox, lambda market, symbols: None, f"{self.kafka.client_id}-dm-subs",
+            self.metrics, rejected_metric="livedata_datamanager_symbols_rejected",
+        )  # fmt: skip
         symbols: SubscribedSymbols = self.subscribed if s.partitioned else self.interest.registry
         bars = lambda: self.intake.bars  # noqa: E731 - a takeover replaces the aggregator
         self.snapshots = Snapshots(t, self.publisher, symbols, bars, store, self.state, own)
         me = self.leadership.instance_id
         self.commands = CommandIntake(
-            self.name,
-            me,
-            s,
-            self.kafka,
-            t,
-            claims,
-            own,
-            self.publisher,
-            inbox,
-            self.dead,
-            self.failures,
-            self.loops,
-            admission=admission(),
+            self.name, me, s, self.kafka, t, claims, own, self.publisher, *parts, self.loops, admission=admission()
         )
         self.commands.desk.register("bar_snapshot", self.snapshots.bar_snapshot)
         self.commands.desk.register("status", self._status)
