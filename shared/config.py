@@ -183,10 +183,25 @@ class KafkaSettings(Strict):
     create_topics: bool = True
     """Create missing topics at start-up with the partition counts below."""
     replication_factor: int = Field(1, ge=1)
+    """Replicas of each topic the services create (at most the brokers in the cluster;
+    creation fails naming this key when the cluster has fewer). 3 on a production cluster."""
+    min_insync_replicas: int = Field(1, ge=1)
+    """``min.insync.replicas`` of the topics the services create: with acks=all a write
+    succeeds once this many replicas have it (2 with replication_factor 3: one broker may
+    be lost without losing an acknowledged tick or stopping writes)."""
     partitions: TopicPartitions = TopicPartitions()
     retention: TopicRetention = TopicRetention()
     security: KafkaSecurity = KafkaSecurity()
     """Transport and login of every Kafka client (daemons, client SDK, CLI, benchmarks)."""
+
+    @model_validator(mode="after")
+    def _replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) is more than replication_factor"
+                f" ({self.replication_factor}): no write could ever succeed"
+            )
+        return self
 
 
 class TopicSettings(Strict):

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    InvalidReplicationFactorError,
     KafkaConnectionError,
     KafkaError,
     TopicAlreadyExistsError,
@@ -86,8 +87,11 @@ async def ensure_topics(
 ) -> None:
     """Create the topics that do not exist yet, with the given partition counts and configs.
 
-    Raises TopicsNotCreated when the broker refused some (``authorized`` False when it was
-    for want of permission: retrying will not help until an admin acts).
+    Each gets ``kafka.replication_factor`` replicas and ``kafka.min_insync_replicas``
+    (unless its configs say otherwise). Raises TopicsNotCreated when the broker refused
+    some (``authorized`` False when it was for want of permission: retrying will not help
+    until an admin acts), TooFewBrokers (one of those) when the cluster has fewer brokers
+    than the replication factor.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers, client_id=k.client_id, **security_options(k))
     await admin.start()
@@ -98,11 +102,15 @@ async def ensure_topics(
                 name=t,
                 num_partitions=n,
                 replication_factor=k.replication_factor,
-                topic_configs=(configs or {}).get(t, {}),
+                topic_configs={"min.insync.replicas": str(k.min_insync_replicas), **(configs or {}).get(t, {})},
             )
             for t, n in partitions.items()
             if t not in existing
         ]
+        if missing and k.replication_factor > 1:
+            brokers = len((await admin.describe_cluster()).get("brokers", ()))
+            if brokers < k.replication_factor:
+                raise TooFewBrokers(k.replication_factor, brokers, [t.name for t in missing])
         if missing:
             try:
                 response = await admin.create_topics(missing)
@@ -133,6 +141,21 @@ class TopicsNotCreated(KafkaError):  # type: ignore[misc]  # aiokafka's errors a
         """False if any refusal was for want of permission (CREATE on the cluster or topics)."""
         denied = (TopicAuthorizationFailedError, ClusterAuthorizationFailedError)
         return not any(issubclass(e, denied) for e in self.refused.values())
+
+
+class TooFewBrokers(TopicsNotCreated):
+    """Topics not created: the cluster has fewer brokers (registered and unfenced) than
+    ``kafka.replication_factor``. Worth retrying: a broker may be down for a while."""
+
+    def __init__(self, replication_factor: int, brokers: int, topics: Sequence[str]) -> None:
+        super().__init__(dict.fromkeys(topics, InvalidReplicationFactorError))
+        self.replication_factor = replication_factor
+        self.brokers = brokers
+        self.args = (
+            f"broker refused to create topics: kafka.replication_factor is {replication_factor} but the cluster"
+            f" has {brokers} broker{'' if brokers == 1 else 's'} up ({len(topics)} topics not created:"
+            f" {', '.join(sorted(topics)[:3])}{', ...' if len(topics) > 3 else ''})",
+        )
 
 
 def _key_bytes(key: str | bytes | None) -> bytes | None:
