@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -20,6 +21,16 @@ from typing import ClassVar, Self
 
 class ServerError(RuntimeError):
     """A local server could not be found, prepared or started."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a server's TLS listener: its certificate (chain), private key, and the
+    CA that signed it (what a client is given to verify the server)."""
+
+    cert: Path
+    key: Path
+    ca: Path
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -3,19 +3,26 @@
 A minimal ``<yandex>`` config.xml and users.xml are written into the data directory: listen
 on 127.0.0.1 only, a native TCP port (asynch) and an HTTP port (readiness: ``/ping``),
 user ``default`` with an empty password from 127.0.0.1, UTC.
+
+With ``tls=`` it also serves the native protocol over TLS on ``tls_port``
+(``<tcp_port_secure>``, certificate and key in ``<openSSL><server>``; 18.16 supports both)
+and ``url`` is the secure DSN, ``clickhouses://...?ca_certs=<CA file>``.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import urllib.request
 from functools import cache
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import quote
 
-from services.ops.servers.base import LocalServer, ServerError, free_port
+from services.ops.servers.base import LocalServer, ServerError, TLSFiles, free_port
 
 _CANDIDATES = ("/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server", "/usr/bin/clickhouse")
 
@@ -63,7 +70,22 @@ _CONFIG = """<?xml version="1.0"?>
     <mark_cache_size>67108864</mark_cache_size>
     <uncompressed_cache_size>67108864</uncompressed_cache_size>
     <max_concurrent_queries>50</max_concurrent_queries>
-</yandex>
+{tls}</yandex>
+"""
+
+_TLS = """    <tcp_port_secure>{tls_port}</tcp_port_secure>
+    <openSSL>
+        <server>
+            <certificateFile>{cert}</certificateFile>
+            <privateKeyFile>{key}</privateKeyFile>
+            <caConfig>{ca}</caConfig>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>true</cacheSessions>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>
 """
 
 _USERS = """<?xml version="1.0"?>
@@ -112,9 +134,14 @@ class ClickHouseServer(LocalServer):
         data_dir: Path | None = None,
         log_path: Path | None = None,
         http_port: int | None = None,
+        tls: TLSFiles | None = None,
+        tls_port: int | None = None,
     ) -> None:
+        """``tls``: also serve the native protocol over TLS on ``tls_port`` (a free one if None)."""
         super().__init__(port=port, data_dir=data_dir, log_path=log_path)
         self.http_port = http_port or free_port()
+        self.tls = tls
+        self.tls_port = (tls_port or free_port()) if tls is not None else None
 
     @property
     def slug(self) -> str:
@@ -126,15 +153,32 @@ class ClickHouseServer(LocalServer):
 
     @property
     def url(self) -> str:
-        """The asynch DSN (native protocol)."""
+        """The asynch DSN (native protocol): with TLS the secure one, else the plain one."""
+        return self.secure_url if self.tls is not None else self.plain_url
+
+    @property
+    def plain_url(self) -> str:
         return f"clickhouse://default:@{self.address}/default"
+
+    @property
+    def secure_url(self) -> str:
+        """``clickhouses://default:@host:tls_port/default?ca_certs=<CA file>`` (asynch verifies
+        the certificate and the host name by default)."""
+        if self.tls is None:
+            raise ServerError("this ClickHouse has no TLS listener (start it with tls=)")
+        ca = quote(str(self.tls.ca.resolve()), safe="/")
+        return f"clickhouses://default:@{self.host}:{self.tls_port}/default?ca_certs={ca}"
 
     def prepare(self) -> None:
         data = self.data_dir.resolve()
         for sub in ("tmp", "user_files", "format_schemas"):
             (data / sub).mkdir(parents=True, exist_ok=True)
+        tls = ""
+        if self.tls is not None:
+            t = self.tls
+            tls = _TLS.format(tls_port=self.tls_port, cert=t.cert.resolve(), key=t.key.resolve(), ca=t.ca.resolve())
         (data / "config.xml").write_text(
-            _CONFIG.format(host=self.host, tcp_port=self.port, http_port=self.http_port, data=data)
+            _CONFIG.format(host=self.host, tcp_port=self.port, http_port=self.http_port, data=data, tls=tls)
         )
         (data / "users.xml").write_text(_USERS)
 
@@ -143,4 +187,13 @@ class ClickHouseServer(LocalServer):
 
     def answers(self) -> bool:
         with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/ping", timeout=1.0) as r:
-            return bool(r.read().strip() == b"Ok.")
+            if r.read().strip() != b"Ok.":
+                return False
+        if self.tls is None or self.tls_port is None:
+            return True
+        context = ssl.create_default_context(cafile=str(self.tls.ca))  # the TLS listener handshakes
+        with (
+            socket.create_connection((self.host, self.tls_port), timeout=1.0) as raw,
+            context.wrap_socket(raw, server_hostname=self.host),
+        ):
+            return True
