@@ -116,26 +116,17 @@ async def start_publisher(config: AppConfig, client_id: str) -> Any:
     return pub
 
 
-# the consumer options a plain client or an admin client takes too (connection, security)
-CLIENT_OPTIONS = (
-    "bootstrap_servers",
-    "client_id",
-    "request_timeout_ms",
-    "security_protocol",
-    "ssl_context",
-    "sasl_mechanism",
-    "sasl_plain_username",
-    "sasl_plain_password",
-    "sasl_kerberos_service_name",
-    "sasl_kerberos_domain_name",
-    "sasl_oauth_token_provider",
-)
-
-
 def client_options(config: AppConfig, client_id: str) -> dict[str, Any]:
-    from shared.kafka import consumer_options
+    """What a plain client or an admin client takes: the connection and its security."""
+    from shared.kafka_security import security_options
 
-    return {k: v for k, v in consumer_options(config.livedata.kafka, client_id).items() if k in CLIENT_OPTIONS}
+    k = config.livedata.kafka
+    return {
+        "bootstrap_servers": k.bootstrap_servers,
+        "client_id": client_id,
+        "request_timeout_ms": k.request_timeout_ms,
+        **security_options(k),
+    }
 
 
 async def ensure_reachable(config: AppConfig) -> None:

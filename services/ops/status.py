@@ -17,19 +17,6 @@ from services.ops.common import NOT_READY, OK, UNREACHABLE, Unreachable, client_
 from shared.config import AppConfig, HttpSettings
 
 SERVICES = ("gateway", "datamanager", "tasktimer")
-ADMIN_OPTIONS = (
-    "bootstrap_servers",
-    "client_id",
-    "request_timeout_ms",
-    "security_protocol",
-    "ssl_context",
-    "sasl_mechanism",
-    "sasl_plain_username",
-    "sasl_plain_password",
-    "sasl_kerberos_service_name",
-    "sasl_kerberos_domain_name",
-    "sasl_oauth_token_provider",
-)
 
 
 def parse_metrics(text: str) -> dict[str, float]:
