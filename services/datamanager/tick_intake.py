@@ -171,14 +171,22 @@ class TickIntake:
 
     async def _assigned(self, consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition], stop: asyncio.Event) -> None:
         """Own ``tps``: load their symbols' bars of today from ClickHouse, pin the start of
-        partitions the group has no offset for, then fold their ticks from the committed offsets."""
+        partitions the group has no offset for, then fold their ticks from the committed offsets.
+
+        Active/standby, the active instance owns every partition from the start (commands
+        are answered while ClickHouse is away, from memory, and say so); partitioned, a
+        member owns its share once its bars are loaded (it answers for nothing it has not)."""
         tps = sorted(tps)
         count = len(consumer.partitions_for_topic(self._topics.market_data) or ()) or len(tps)
         partitions = frozenset(tp.partition for tp in tps)
+        partitioned = self._settings.partitioned
         async with self._flush_lock:
+            if not partitioned:
+                new = self._own.assign(partitions, count)
             await self._load(partitions, stop)
             starts = await pin_start(consumer, tps) if tps else {}
-            new = self._own.assign(partitions, count)
+            if partitioned:
+                new = self._own.assign(partitions, count)
         log.info("partitions assigned", extra=kv(partitions=sorted(partitions), new=sorted(new), of=count, at=starts))
         self.ready.set()
 
