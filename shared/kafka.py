@@ -13,12 +13,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    InvalidProducerEpoch,
     InvalidReplicationFactorError,
     KafkaConnectionError,
     KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
     UnknownError,
+    UnknownProducerId,
     UnsupportedVersionError,
     for_code,
 )
@@ -216,6 +220,7 @@ class KafkaPublisher:
         self._metrics = metrics
         self._started = False
         self._spent = False
+        self._renewing = asyncio.Lock()
         self._closing = asyncio.Event()
         self._placement: dict[str, tuple[list[int], dict[bytes, int]]] = {}
         self._round_robin = 0
@@ -376,9 +381,34 @@ class KafkaPublisher:
                 "publish failed, retrying",
                 extra=kv(topic=topic, messages=len(failed), error=repr(error), retry_in_s=round(delay, 2)),
             )
+            if isinstance(error, SEQUENCE_ERRORS):
+                await self._renew_producer(error)
             await sleep_or_stop(self._closing, delay)
             delivery = await self.send(topic, failed)
         return total
+
+    async def _renew_producer(self, error: BaseException) -> None:
+        """An idempotent producer whose sequence the broker no longer follows (batches it
+        lost across a restart) can never deliver again: aiokafka does not bump the epoch as
+        the Java client does, so start a new producer (a new producer id) and resend with
+        it. One renewal per failing producer, however many deliveries saw the error."""
+        failing = self._producer
+        async with self._renewing:
+            if self._producer is not failing or self._closing.is_set():
+                return  # another delivery renewed it already, or we are stopping
+            fresh = AIOKafkaProducer(**producer_options(self._settings, self._client_id, producer_idempotent(failing)))
+            await fresh.start()
+            self._producer = fresh
+            self._placement.clear()
+        log.warning("producer renewed after a sequence error", extra=kv(error=repr(error)))
+        try:
+            await asyncio.wait_for(failing.stop(), 5.0)  # what it still holds is resent through the new one
+        except Exception as e:
+            log.debug("closing the renewed producer failed", extra=kv(error=repr(e)))
+
+
+SEQUENCE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+"""Errors after which an idempotent producer cannot go on (its id or sequence is lost)."""
 
 
 class DeadLetters:
