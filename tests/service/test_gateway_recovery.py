@@ -260,8 +260,8 @@ async def test_alpaca_silent_stream_is_restarted_by_the_watchdog_and_reports_its
         before = newest_tick(m)
         silent_at = time.monotonic()
         sim.go_silent()  # open, pings answered, no data
-        await eventually(lambda: "stale" in m.events.states("feed.US"), 3, what="stale")
-        assert "restarted" in m.events.states("feed.US")
+        await eventually(lambda: "restarted" in m.events.states("feed.US"), 3, what="restart")
+        assert "stale" in m.events.states("feed.US")  # said before the restart
         took = await ticking_again(m, US, silent_at, 4)
         assert_gap_after(m, mark, before)
         assert first not in sim.sessions and 406 not in sim.error_codes()  # closed cleanly: no hold
