@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -33,6 +33,7 @@ import os  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 OVERRIDE_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL", "GINKGO_LOG_LEVEL")
@@ -192,3 +193,11 @@ async def running(service: Service, timeout_s: float = 10.0) -> AsyncIterator[as
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout_s)
+
+
+def unavailable(why: str, forced_by: str | None = None) -> NoReturn:
+    """A test's server or tool is missing: a skip on a developer machine, a failure in CI
+    (``CI=true``) or where ``forced_by`` names an environment variable that is set."""
+    if os.environ.get("CI") == "true" or (forced_by is not None and os.environ.get(forced_by)):
+        pytest.fail(why)
+    pytest.skip(why)

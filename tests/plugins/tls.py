@@ -12,9 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from services.ops.servers.base import TLSFiles
+from tests.helpers import unavailable
 
 _SERVER_EXT = "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
 
@@ -28,7 +27,7 @@ def _openssl(*args: str | Path, cwd: Path) -> None:
 def make_ca(directory: Path, name: str) -> TLSFiles:
     """A new CA ``<name>-ca.pem`` and a server certificate/key it signed, in ``directory``."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed (apt-get install openssl)")
+        unavailable("the openssl command is not installed (apt-get install openssl)")
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = directory / f"{name}-ca.pem", directory / f"{name}-ca.key"
     cert, key, csr = directory / f"{name}-server.pem", directory / f"{name}-server.key", directory / f"{name}.csr"

@@ -36,7 +36,7 @@ from shared.kafka import TooFewBrokers, ensure_system_topics
 from shared.partitioning import symbol_partition
 from shared.topics import Topics
 from tests.daemons import System
-from tests.helpers import eventually
+from tests.helpers import eventually, unavailable
 from tests.reliability.loaded_system import SIM, SYMBOLS, metric
 
 pytestmark = pytest.mark.reliability
@@ -49,7 +49,7 @@ SETTLE_S = 3.0  # after the last fault: the gateway's queue has drained before l
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     ok, why = kafka_available()
     if not ok:
-        pytest.skip(f"no Apache Kafka here: {why}")
+        unavailable(f"no Apache Kafka here: {why}", forced_by="LIVEDATA_TEST_BROKER")
     root = tmp_path_factory.mktemp("kafka-cluster")
     c = KafkaCluster(3, data_dir=root / "data", log_dir=root)
     c.start(timeout_s=90)

@@ -35,7 +35,7 @@ from shared.kafka import KafkaPublisher, assign_all, ensure_system_topics
 from shared.kafka_security import KafkaLoginError, security_options
 from shared.topics import Topics
 from tests.daemons import Daemon
-from tests.helpers import TopicReader, env_without_overrides, eventually, publish
+from tests.helpers import TopicReader, env_without_overrides, eventually, publish, unavailable
 
 pytestmark = pytest.mark.reliability
 
@@ -104,7 +104,7 @@ def daemon(workdir: Path, name: str, bootstrap: str, prefix: str, **kw: Any) -> 
 def broker() -> Iterator[KafkaBroker]:
     ok, why = kafka_available()
     if not ok:
-        pytest.skip(f"needs Apache Kafka: {why}")
+        unavailable(f"needs Apache Kafka: {why}", forced_by="LIVEDATA_TEST_BROKER")
     b = KafkaBroker(scram_users={SUPER[0]: SUPER[1], **PASSWORDS}, super_user=SUPER[0])
     b.start()
     try:
