@@ -98,6 +98,7 @@ class TradeCorrection(_Message, tag="trade_correction", frozen=True):
 
 
 BarPeriod = Literal["1m", "1d"]
+BarQuality = Literal["repaired", "partial", "incomplete"]
 
 
 class Bar(_Message, tag="bar", frozen=True, gc=False):
@@ -118,6 +119,50 @@ class Bar(_Message, tag="bar", frozen=True, gc=False):
     change: float | None = None  # close - previous close, when known
     change_pct: float | None = None  # change / previous close x 100
     trading_day: str | None = None  # YYYY-MM-DD in the market's timezone
+    quality: BarQuality | None = None
+    """None: built from every trade we received. ``repaired``: the provider's own minute bar
+    replaced it after a hole (``source`` names that provider); ``partial``: the provider
+    confirmed close, volume and amount only (Tencent), open/high/low come from the ticks we
+    had; ``incomplete``: inside a hole no source has confirmed yet (or ever will)."""
+    revision: int = 0
+    """Increases each time the bar is revised after it was first published (a repair, a
+    hole marking): of two versions of one bar the higher revision is the truth."""
+
+
+HistoryState = Literal["pending", "repaired", "failed", "out_of_reach"]
+
+HISTORY_FIELDS = ("open", "high", "low", "close", "volume", "amount")
+
+
+class HistoryBars(_Message, tag="history_bars", frozen=True, gc=False):
+    """A provider's own minute bars of one symbol for one repair window: published by the
+    feeder-gateway on market data keyed by the symbol (so the datamanager owning the
+    symbol's partition folds it in order with the ticks), never delivered to clients.
+
+    ``state``:
+    - ``pending``: a hole is known (a feeder restart, a failover, a request): the minutes of
+      [start, end) are not known to be right until a ``repaired`` message for them comes;
+    - ``repaired``: ``bars`` are the provider's minutes of the window (a minute missing from
+      them had no trade, as far as the provider knows); ``fields`` says which of
+      open/high/low/close/volume/amount the provider supplies;
+    - ``failed``: the provider's history is unavailable for now (``reason``); the gateway
+      retries with backoff;
+    - ``out_of_reach``: the provider's history no longer reaches back to the window.
+    """
+
+    symbol: Symbol
+    start: AwareDatetime  # window start, a minute start (inclusive)
+    end: AwareDatetime  # window end, a minute start (exclusive)
+    source: str  # the feeder whose history answered (or was asked)
+    state: HistoryState
+    timestamp: AwareDatetime
+    v: SchemaVersion = SCHEMA_VERSION
+    bars: tuple[tuple[float, float, float, float, float, float, float], ...] = ()
+    """(minute start in epoch ms, open, high, low, close, volume in shares, amount)."""
+    fields: tuple[str, ...] = HISTORY_FIELDS
+    request_id: str | None = None  # the ``repair_bars`` command's correlation_id, if one asked
+    reason: str | None = None  # why pending / failed / out of reach, or which source stood in
+    attempt: int = 0  # the gateway's attempt number for this window
 
 
 UpdateType = Literal["replace", "add", "remove", "clear"]
@@ -225,6 +270,7 @@ Message = (
     PriceUpdate
     | TradeCorrection
     | Bar
+    | HistoryBars
     | InterestUpdate
     | ControlCommand
     | Subscription

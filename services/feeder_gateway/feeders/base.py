@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
+from services.feeder_gateway.feeders.history import MinuteHistory
 from services.feeder_gateway.feeders.wanted import WantedSymbols, WantedView
 from shared.config import Strict
 from shared.dto import PriceUpdate, TradeCorrection
@@ -66,6 +67,9 @@ class FeederContext:
     emit_alert: AlertCallback | None = None
     emit_correction: CorrectionCallback | None = None
     """Where corrections of published trades go (the gateway publishes them on market data)."""
+    on_gap: Callable[[], None] | None = None
+    """Called when a connection comes back after a drop (the market's feed then reports
+    the hole between its last tick and the next one for repair)."""
     log: logging.Logger = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,6 +155,10 @@ class Feeder(abc.ABC, Generic[SettingsT]):
 
     def news_at(self) -> float | None:
         """Monotonic time the quotes last changed, when the feeder judges it (pollers)."""
+        return None
+
+    def history(self) -> MinuteHistory | None:
+        """The provider's minute history, for gap repair (None: this source has none)."""
         return None
 
     @abc.abstractmethod

@@ -272,6 +272,8 @@ class ReconnectingFeeder(Feeder[SettingsT]):
                     "disconnected_at": link.down_since.isoformat() if link.down_since else None,
                 },
             )
+            if ctx.on_gap is not None:
+                ctx.on_gap()
         else:
             ctx.emit_status("subscribed", {"symbols": symbols})
         link.started = True
