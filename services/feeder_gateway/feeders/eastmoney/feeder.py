@@ -22,7 +22,6 @@ from services.feeder_gateway.feeders.base import FeederContext, ProviderError
 from services.feeder_gateway.feeders.eastmoney import wire
 from services.feeder_gateway.feeders.eastmoney.parse import QuoteError, decode_envelope, quote_to_update, symbol_of
 from services.feeder_gateway.feeders.eastmoney.request import (
-    RequestPacer,
     Routes,
     answer_failure,
     headers,
@@ -38,6 +37,7 @@ from services.feeder_gateway.feeders.lifecycle import (
     RetryPolicy,
     describe,
 )
+from services.feeder_gateway.feeders.pacing import RequestPacer
 from services.feeder_gateway.feeders.polling import HttpPollingFeeder, PollSet, is_reset
 from shared.dto import PriceUpdate
 

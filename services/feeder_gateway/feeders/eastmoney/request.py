@@ -1,16 +1,13 @@
 """What every EastMoney request shares: the per-host pacer, symbol routes, query, answer classes.
 
 EastMoney bans IPs that ask too fast, so every request of every EastMoney source to one
-host (stream opens and polls alike) waits its turn at one ``RequestPacer`` per host and
-event loop (``pacer_for``): two sources together never go faster than the pacer, and a
+host (stream opens, polls and history alike) waits its turn at one ``RequestPacer`` per host
+and event loop (``pacer_for``, see ``feeders/pacing.py``): two sources together never go faster than the pacer, and a
 ban seen by one holds the other too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -22,49 +19,12 @@ from services.feeder_gateway.feeders.eastmoney import wire
 from services.feeder_gateway.feeders.eastmoney.secid import SecidError, market_id, to_secid
 from services.feeder_gateway.feeders.eastmoney.settings import EastMoneyRequestSettings
 from services.feeder_gateway.feeders.lifecycle import FailureKind, SourceFailure
-
-
-class RequestPacer:
-    """Spaces requests ``min_interval_s`` plus a random jitter apart; ``hold`` pushes the
-    next slot out (a ban)."""
-
-    def __init__(self, min_interval_s: float, jitter_s: float) -> None:
-        self.min_interval_s = min_interval_s
-        self.jitter_s = jitter_s
-        self._rng = random.Random()
-        self._lock = asyncio.Lock()
-        self._next = 0.0
-
-    def tighten(self, min_interval_s: float, jitter_s: float) -> None:
-        """Another source of the host: the slower of the two settings applies."""
-        self.min_interval_s = max(self.min_interval_s, min_interval_s)
-        self.jitter_s = max(self.jitter_s, jitter_s)
-
-    async def wait(self) -> None:
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            delay = self._next - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._next = loop.time() + self.min_interval_s + self._rng.uniform(0, self.jitter_s)
-
-    def hold(self, delay_s: float) -> None:
-        self._next = max(self._next, asyncio.get_running_loop().time() + delay_s)
-
-
-_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, RequestPacer]] = weakref.WeakKeyDictionary()
+from services.feeder_gateway.feeders.pacing import RequestPacer, host_pacer
 
 
 def pacer_for(settings: EastMoneyRequestSettings) -> RequestPacer:
     """The pacer of ``settings.base_url``'s host (and port) in the running event loop."""
-    host = URL(settings.base_url).authority
-    by_host = _pacers.setdefault(asyncio.get_running_loop(), {})
-    pacer = by_host.get(host)
-    if pacer is None:
-        pacer = by_host[host] = RequestPacer(settings.min_request_interval_s, settings.request_jitter_s)
-    else:
-        pacer.tighten(settings.min_request_interval_s, settings.request_jitter_s)
-    return pacer
+    return host_pacer(settings.base_url, settings.min_request_interval_s, settings.request_jitter_s)
 
 
 @dataclass(frozen=True, slots=True)

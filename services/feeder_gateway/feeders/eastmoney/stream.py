@@ -24,9 +24,10 @@ from yarl import URL
 from services.feeder_gateway.feeders.base import FeederContext, ProviderError
 from services.feeder_gateway.feeders.eastmoney import wire
 from services.feeder_gateway.feeders.eastmoney.parse import QuoteError, apply_diff, decode_envelope, quote_to_update
-from services.feeder_gateway.feeders.eastmoney.request import RequestPacer, Route, Routes, check_answer, query
+from services.feeder_gateway.feeders.eastmoney.request import Route, Routes, check_answer, query
 from services.feeder_gateway.feeders.eastmoney.settings import EastMoneySettings
 from services.feeder_gateway.feeders.lifecycle import describe
+from services.feeder_gateway.feeders.pacing import RequestPacer
 from shared.dto import PriceUpdate, utcnow
 from shared.tasks import cancel_and_wait
 
