@@ -304,6 +304,24 @@ class GatewaySettings(ServiceSettings):
     Instances with complementary shards publish every symbol exactly once."""
     conflation_alert_per_s: float = Field(100.0, gt=0)
     """Alert (rate-limited) when ticks are conflated faster than this, over 10 s."""
+    repair: RepairSettings = Field(default_factory=lambda: RepairSettings())
+    """Gap repair: how holes in the ticks are fetched from the providers' minute history."""
+
+
+class RepairSettings(Strict):
+    """``gateway.repair``: the repair worker that fills holes from provider minute history."""
+
+    enabled: bool = True
+    """Fetch every hole (reconnect, failover, ``repair_bars``) from the provider's history."""
+    retry_base_s: float = Field(2.0, gt=0)
+    """First retry delay after the history endpoint failed (doubling, full jitter)."""
+    retry_cap_s: float = Field(300.0, gt=0)
+    """Longest retry delay; retries go on until the history no longer reaches back."""
+    max_pending: int = Field(10_000, ge=1)
+    """Repair windows held at once (each a market, a symbol set and a time range); beyond
+    this the oldest automatic one is dropped, counted and alerted."""
+    command_freshness_s: float = Field(60.0, gt=0)
+    """``repair_bars`` commands issued longer ago than this are ignored."""
 
 
 ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"

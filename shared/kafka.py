@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -605,6 +605,43 @@ async def fetch(
     if not batches:
         await rewind_truncated(consumer)
     return batches
+
+
+RecordsHandler = Callable[[Sequence[tuple[ConsumerRecord[bytes, bytes], Message]]], Awaitable[None]]
+
+
+async def follow_topic(
+    kafka: KafkaSettings,
+    client_id: str,
+    topic: str,
+    inbox: Inbox,
+    on_records: RecordsHandler,
+    stop: asyncio.Event,
+    *,
+    from_beginning: bool,
+    caught_up: asyncio.Event | None = None,
+    max_records: int = 1000,
+) -> None:
+    """Read every partition of ``topic`` without a consumer group (from its beginning, or
+    only what arrives from now on) until ``stop``: each fetch is decoded by ``inbox`` (bad
+    records dead-lettered there) and handed to ``on_records``; ``caught_up`` is set once
+    the reader has reached the end of what was there when it started."""
+    consumer = AIOKafkaConsumer(**consumer_options(kafka, client_id, background=True))
+    await consumer.start()
+    try:
+        tps = await assign_all(consumer, topic)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        while not stop.is_set():
+            batches = await fetch(consumer, *tps, timeout_ms=200, max_records=max_records)
+            if batches:
+                await on_records(await inbox.decode(batches))
+            if caught_up is not None and not caught_up.is_set() and await at_end(consumer, tps):
+                caught_up.set()
+    finally:
+        await consumer.stop()
 
 
 async def commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int] | None = None) -> bool:

@@ -16,11 +16,11 @@ import logging
 import zlib
 from collections.abc import Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
 from shared.config import KafkaSettings, SymbolShard
 from shared.dto import Message, Subscription
-from shared.kafka import Inbox, assign_all, at_end, consumer_options, fetch
+from shared.kafka import Inbox, follow_topic
 from shared.logs import kv
 from shared.metrics import ServiceMetrics
 from shared.symbols import Market, SymbolError, market_of
@@ -85,20 +85,24 @@ class SubscriptionWatcher:
         return self.desired.get(market, frozenset())
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(**consumer_options(self._kafka, self._client_id, background=True))
-        await consumer.start()
+        loaded = asyncio.create_task(self._say_loaded())
         try:
-            tps = await assign_all(consumer, self._topic)
-            await consumer.seek_to_beginning(*tps)
-            while not stop.is_set():
-                batches = await fetch(consumer, *tps, timeout_ms=200, max_records=1000)
-                if batches:
-                    await self._on_records(await self._inbox.decode(batches))
-                if not self.caught_up.is_set() and await at_end(consumer, tps):
-                    self.caught_up.set()
-                    log.info("subscriptions loaded", extra=kv(markets=len(self.desired)))
+            await follow_topic(
+                self._kafka,
+                self._client_id,
+                self._topic,
+                self._inbox,
+                self._on_records,
+                stop,
+                from_beginning=True,
+                caught_up=self.caught_up,
+            )
         finally:
-            await consumer.stop()
+            loaded.cancel()
+
+    async def _say_loaded(self) -> None:
+        await self.caught_up.wait()
+        log.info("subscriptions loaded", extra=kv(markets=len(self.desired)))
 
     async def _on_records(self, records: Sequence[tuple[ConsumerRecord[bytes, bytes], Message]]) -> None:
         latest: dict[Market, frozenset[str]] = {}

@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 
 from prometheus_client import Histogram
 
 from services.feeder_gateway.feeders.base import Feeder, FeederConfigError
+from services.feeder_gateway.feeders.history import MinuteHistory
 from services.feeder_gateway.feeders.wanted import WantedSymbols
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
 from shared.dto import PriceUpdate, utcnow
@@ -24,6 +26,9 @@ from shared.symbols import Market
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("market_feed")
+
+HoleCallback = Callable[[Market, frozenset[str], datetime, datetime, str], None]
+"""(market, symbols, last tick before the hole, first tick after it, why)."""
 
 
 class Outcome(StrEnum):
@@ -70,6 +75,7 @@ class MarketFeed:
         watchdog_interval_s: float = 0.25,
         stale_in_session_only: bool = True,
         latency: Histogram | None = None,
+        on_hole: HoleCallback | None = None,
     ) -> None:
         if not feeders:
             raise ValueError(f"market {market} has no sources")
@@ -87,6 +93,25 @@ class MarketFeed:
         self.watched_since = self.last_data  # silence before this does not count
         self.switches = 0
         self._failback_to = 0
+        self._on_hole = on_hole
+        self.last_tick_at: datetime | None = None  # provider time of the newest tick published
+        self._hole: tuple[datetime, str] | None = None  # (last tick before a hole, why), until data comes
+        for f in feeders:
+            f.ctx.on_gap = self._reconnected
+
+    def _reconnected(self) -> None:
+        self.note_hole("reconnect")
+
+    def note_hole(self, why: str) -> None:
+        """The market's ticks have a hole from the last one published (reported on the next batch)."""
+        if self._hole is None and self.last_tick_at is not None:
+            self._hole = (self.last_tick_at, why)
+
+    def histories(self) -> list[MinuteHistory]:
+        """The minute histories of the market's sources: the active source's first, then
+        the others in preference order."""
+        order = [self._sources[self.active], *(s for i, s in enumerate(self._sources) if i != self.active)]
+        return [h for s in order if (h := s.feeder.history()) is not None]
 
     @property
     def active_feeder(self) -> Feeder[Any]:
@@ -123,10 +148,21 @@ class MarketFeed:
                 self.last_data = time.monotonic()
                 if batch:
                     self._queue.put_batch(batch)
+                    if self._hole is not None:
+                        self._report_hole(batch)
+                    self.last_tick_at = batch[-1].timestamp
                     if self._latency is not None:  # one sample per batch: its newest tick
                         last = batch[-1]
                         if last.receive_time is not None:
                             self._latency.observe(max((last.receive_time - last.timestamp).total_seconds(), 0.0))
+
+    def _report_hole(self, batch: list[PriceUpdate]) -> None:
+        assert self._hole is not None
+        since, why = self._hole
+        self._hole = None
+        first = max(t.timestamp for t in batch)  # snapshots of quiet symbols carry old times
+        if self._on_hole is not None and self.wanted.symbols and first > since:
+            self._on_hole(self.market, self.wanted.symbols, since, first, why)
 
     async def _run_source(self, source: _SourceState, stop: asyncio.Event) -> Outcome:
         feeder = source.feeder
@@ -253,6 +289,8 @@ class MarketFeed:
         new = self._sources[self.active].feeder.ctx.name
         switched = self.active != old
         self.switches += switched
+        if switched:
+            self.note_hole(outcome.value)
         state = "failback" if outcome is Outcome.FAILBACK else "failover" if switched else "restarted"
         self._events.status(
             f"feed.{self.market.value}",

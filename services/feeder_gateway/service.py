@@ -12,17 +12,19 @@ from services.feeder_gateway.feeders.base import CorrectionCallback, Feeder, Fee
 from services.feeder_gateway.feeders.catalog import validate_sources
 from services.feeder_gateway.feeders.registry import FEEDER_TYPES
 from services.feeder_gateway.feeders.wanted import WantedSymbols
-from services.feeder_gateway.market_feed import MarketFeed
+from services.feeder_gateway.market_feed import HoleCallback, MarketFeed
+from services.feeder_gateway.repair import RepairWorker
 from services.feeder_gateway.tick_publisher import TickPublisher
 from services.feeder_gateway.tick_queue import ConflatingTickQueue
 from shared.config import AppConfig, GatewaySettings
-from shared.dto import Subscription, TradeCorrection
+from shared.dto import ControlCommand, Subscription, TradeCorrection
 from shared.events import SystemEvents
-from shared.kafka import DeadLetters, Inbox
+from shared.kafka import DeadLetters, Inbox, follow_topic
 from shared.logs import kv
 from shared.metrics import add_callback_metric
 from shared.outbox import Outbox
 from shared.runtime import Service
+from shared.signing import verifier_from_config
 from shared.subscriptions import SubscriptionWatcher
 from shared.symbols import Market
 
@@ -46,10 +48,21 @@ class FeederGateway(Service):
             self.topics.market_data, lambda fix: fix.symbol, maxsize=10_000, drop="newest"
         )
         self.feeds: dict[Market, MarketFeed] = self._build_feeds()
-        inbox = Inbox(
+        self.repair = RepairWorker(
+            self.feeds,
+            self.publisher,
+            self.topics.market_data,
+            self.events,
+            self.metrics,
+            self.settings.repair,
+            shard=self.settings.shard,
+            verifier=verifier_from_config(config),
+            require_signed=live.security.require_signed,
+        )
+        self.inbox = inbox = Inbox(
             DeadLetters(self.publisher, self.topics, self.name, self.metrics),
             self.metrics,
-            accepts={self.topics.subscriptions: (Subscription,)},
+            accepts={self.topics.subscriptions: (Subscription,), self.topics.control_commands: (ControlCommand,)},
         )
         self.watcher = SubscriptionWatcher(
             live.kafka,
@@ -112,7 +125,12 @@ class FeederGateway(Service):
         latency = self.metrics.histogram(
             "livedata_feed_latency_seconds", "Provider time → gateway receive time (newest tick of each batch)"
         )
-        return build_feeds(self.config, self.queue, self.events, self.feeder_metrics, latency, self.corrections.put)
+        return build_feeds(
+            self.config, self.queue, self.events, self.feeder_metrics, latency, self.corrections.put, self._hole
+        )
+
+    def _hole(self, market: Market, symbols: frozenset[str], since: Any, until: Any, why: str) -> None:
+        self.repair.hole(market, symbols, since, until, why)
 
     def _apply(self, market: Market, symbols: frozenset[str]) -> None:
         feed = self.feeds.get(market)
@@ -153,6 +171,19 @@ class FeederGateway(Service):
                 publish_task = tg.create_task(self.tick_publisher.run(), name=f"{self.name}.publish")
                 corrections_task = tg.create_task(self.corrections.run(self.publisher), name=f"{self.name}.corrections")
                 watcher_task = tg.create_task(self.watcher.run(feed_stop), name=f"{self.name}.subscriptions")
+                repair_task = tg.create_task(self.repair.run(feed_stop), name=f"{self.name}.repair")
+                commands_task = tg.create_task(
+                    follow_topic(
+                        self.config.livedata.kafka,
+                        f"{self.config.livedata.kafka.client_id}-{self.name}-commands",
+                        self.topics.control_commands,
+                        self.inbox,
+                        self.repair.on_records,
+                        feed_stop,
+                        from_beginning=False,
+                    ),
+                    name=f"{self.name}.commands",
+                )
                 feed_tasks = [
                     tg.create_task(feed.run(feed_stop), name=f"{self.name}.feed.{m.value}")
                     for m, feed in self.feeds.items()
@@ -160,7 +191,7 @@ class FeederGateway(Service):
                 await stop.wait()
                 # Ordered drain: feeders → queue → producer flush.
                 feed_stop.set()
-                await asyncio.gather(*feed_tasks, watcher_task)
+                await asyncio.gather(*feed_tasks, watcher_task, repair_task, commands_task)
                 self.queue.close()
                 self.corrections.close()
                 await asyncio.gather(publish_task, corrections_task)
@@ -193,12 +224,14 @@ def build_feeds(
     feeder_metrics: FeederMetrics,
     latency: Histogram | None = None,
     emit_correction: CorrectionCallback | None = None,
+    on_hole: HoleCallback | None = None,
 ) -> dict[Market, MarketFeed]:
     """One MarketFeed per served market from data_sources.yml (sim everywhere if empty).
 
     The sources are checked by the catalog's ``validate_sources`` (the check every daemon
     runs at start), then each becomes its registry feeder. ``emit_correction`` receives
-    the feeders' trade corrections (published on market data).
+    the feeders' trade corrections (published on market data); ``on_hole`` each hole in a
+    market's ticks (the repair worker).
 
     Raises ConfigError naming data_sources.yml and the key of a bad source.
     """
@@ -226,5 +259,6 @@ def build_feeds(
             failback_after_s=plan.config.failback_after_s,
             stale_in_session_only=plan.config.stale_watchdog == "in_session",
             latency=latency,
+            on_hole=on_hole,
         )
     return feeds
