@@ -123,6 +123,7 @@ async def test_send_waits_for_the_command_result(stack: Stack) -> None:
     rc, out, err = await stack.run("send", "bar_snapshot", "market=CN", "--wait")
     assert rc == 0, err
     assert "published bar_snapshot" in out and "datamanager: ok=True" in out
+    assert "partitions answered" in out  # every market-data partition named by some answer
     rc, out, _ = await stack.run("command", "status", "--wait", "10")  # the older spelling
     assert rc == 0 and "ok=True" in out
     rc, _, err = await stack.run("send", "bar_snapshot", "market=XX")
