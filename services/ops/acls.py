@@ -2,10 +2,12 @@
 
 One principal per role (``User:{prefix}{role}``):
 
-- ``gateway`` reads ``feeder.subscriptions``; writes ``market.data``, ``system.events``, ``deadletter``;
+- ``gateway`` reads ``feeder.subscriptions`` and ``control.commands`` (``repair_bars``); writes
+  ``market.data`` (ticks, corrections, provider minute history), ``system.events``, ``deadletter``;
 - ``datamanager`` reads ``interest.updates``, ``control.commands``, ``market.data`` (ticks) and
   ``system.events`` (answers a dead predecessor published); writes ``market.data`` (bars),
-  ``feeder.subscriptions``, ``system.events``, ``deadletter``; commits offsets in the consumer
+  ``feeder.subscriptions``, ``control.commands`` (the repairs it asks the gateway for),
+  ``system.events``, ``deadletter``; commits offsets in the consumer
   groups ``{datamanager.group_id}.*``;
 - ``tasktimer`` writes the jobs' topics (``control.commands``) and ``system.events``;
 - ``operator`` (the ``livedata`` CLI) writes the jobs' topics and reads ``system.events``;
@@ -72,7 +74,7 @@ def system_acls(config: AppConfig, principal_prefix: str) -> list[Acl]:
     job_topics = sorted({t.named(job.topic) for job in config.task_timer.jobs} | {t.control_commands})
     group = live.datamanager.group_id
     reads: dict[str, list[str]] = {
-        "gateway": [t.subscriptions],
+        "gateway": [t.subscriptions, t.control_commands],
         "datamanager": [t.interest_updates, t.control_commands, t.market_data, t.system_events],
         "tasktimer": [],
         "operator": [t.system_events],
@@ -81,7 +83,7 @@ def system_acls(config: AppConfig, principal_prefix: str) -> list[Acl]:
     }
     writes: dict[str, list[str]] = {
         "gateway": [t.market_data, t.system_events, t.deadletter],
-        "datamanager": [t.market_data, t.subscriptions, t.system_events, t.deadletter],
+        "datamanager": [t.market_data, t.subscriptions, t.control_commands, t.system_events, t.deadletter],
         "tasktimer": [*job_topics, t.system_events],
         "operator": job_topics,
         "strategy": [t.interest_updates],
