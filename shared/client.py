@@ -2,7 +2,7 @@
 
     async with LiveDataClient("127.0.0.1:9092", portfolio_id="p1", node_id="n1") as client:
         await client.subscribe(["600000.SH", "AAPL"])
-        async for update in client:      # PriceUpdate or Bar, only for subscribed symbols
+        async for update in client:      # PriceUpdate, Bar or TradeCorrection, only your symbols
             strategy.on_price_update(update)
 
 The client announces interest on ``interest.updates`` keyed by its subscriber id and
@@ -55,7 +55,7 @@ from aiokafka.errors import KafkaError
 from shared.broker_watch import BrokerReturn, BrokerWatch
 from shared.compat import refresh_metadata
 from shared.config import KafkaSecurity, KafkaSettings
-from shared.dto import Bar, DecodeError, InterestUpdate, PriceUpdate, UpdateType, decode, utcnow
+from shared.dto import Bar, DecodeError, InterestUpdate, PriceUpdate, TradeCorrection, UpdateType, decode, utcnow
 from shared.kafka import KafkaPublisher, assign_all, consumer_options, rewind_truncated
 from shared.logs import kv
 from shared.partitioning import symbol_partition
@@ -66,7 +66,10 @@ from shared.topics import Topics
 
 log = logging.getLogger("client")
 
-MarketUpdate = PriceUpdate | Bar
+MarketUpdate = PriceUpdate | Bar | TradeCorrection
+"""What the client delivers: ticks, bars (a revised bar, e.g. ``quality="repaired"`` after a
+hole was filled from provider history, comes again with a higher ``revision``) and corrections
+or cancels of trades already delivered (never conflated)."""
 
 LAG_LOG_EVERY_S = 60.0  # at most one "application lagging" line a minute
 
@@ -475,7 +478,7 @@ class LiveDataClient:
                     except DecodeError:
                         self.undecodable += 1
                         continue
-                    if isinstance(msg, PriceUpdate | Bar):
+                    if isinstance(msg, PriceUpdate | Bar | TradeCorrection):
                         self._put(msg, rec.timestamp / 1000)
                         added = True
             if added:

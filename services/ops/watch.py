@@ -18,6 +18,7 @@ from rich.text import Text
 
 from services.datamanager.quality import LIMIT_SLACK, board_limit
 from services.ops.common import OK, Unreachable, config_for, describe_broker_error, ensure_reachable
+from shared.client import MarketUpdate
 from shared.dto import Bar, PriceUpdate, utcnow
 from shared.symbols import Market, market_of, normalize
 
@@ -89,7 +90,7 @@ class QuoteBoard:
     def __post_init__(self) -> None:
         self.rows = {s: Row(s) for s in self.symbols}
 
-    def update(self, item: PriceUpdate | Bar) -> Row | None:
+    def update(self, item: MarketUpdate) -> Row | None:
         row = self.rows.get(item.symbol)
         if row is None:
             return None
@@ -108,7 +109,7 @@ class QuoteBoard:
             row.delayed = item.delayed
             row.snapshot = item.snapshot
             row.updated = time.monotonic()
-        elif item.period == "1d":
+        elif isinstance(item, Bar) and item.period == "1d":
             row.bar = item
             stamp = utcnow().strftime("%H:%M:%S")
             if stamp != self.last_snapshot:
@@ -194,7 +195,7 @@ def _num(v: float | None) -> str:
     return f"{v:.2f}" if v is not None else "-"
 
 
-def update_json(item: PriceUpdate | Bar, row: Row | None) -> str:
+def update_json(item: MarketUpdate, row: Row | None) -> str:
     """One line of ``watch --json``: the update's fields plus change, latency and flags."""
     import msgspec
 

@@ -147,3 +147,45 @@ async def test_partition_count_change_recomputes(
         )
     changes = [r for r in caplog.records if "partition count changed" in r.getMessage()]
     assert len(changes) == 1
+
+
+async def test_client_delivers_corrections_and_revised_bars_not_history(kafka_bootstrap: str, topics: Topics) -> None:
+    """A trade correction and a repaired bar of a subscribed symbol reach the application;
+    the gateway's raw provider history (``history_bars``, for the datamanager) does not."""
+    from shared.dto import Bar, HistoryBars, TradeCorrection
+
+    fix = TradeCorrection(
+        symbol="AAPL",
+        original_id=7,
+        original_price=10.0,
+        original_size=5,
+        timestamp=T0,
+        source="alpaca",
+        cancelled=True,
+    )
+    raw = HistoryBars(symbol="AAPL", start=T0, end=T0, source="alpaca", state="pending", timestamp=T0)
+    bar = Bar(
+        symbol="AAPL",
+        period="1m",
+        open=1,
+        high=2,
+        low=1,
+        close=2,
+        volume=9,
+        timestamp=T0,
+        source="alpaca",
+        quality="repaired",
+        revision=1,
+    )
+    async with LiveDataClient(kafka_bootstrap, "p1", "n-fix", topics=topics, lease_s=None) as client:
+        await client.subscribe(["AAPL"])
+        async with KafkaPublisher(KafkaSettings(bootstrap_servers=kafka_bootstrap), "test-pub") as pub:
+            await pub.publish_many(topics.market_data, [("AAPL", raw), ("AAPL", fix), ("AAPL", bar)])
+        got: list[object] = []
+
+        async def both() -> bool:
+            got.extend(await client.next_batch())
+            return len(got) >= 2
+
+        await eventually(both, timeout_s=15, what="the correction and the bar")
+    assert got == [fix, bar]
