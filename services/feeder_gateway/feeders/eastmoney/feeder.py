@@ -20,6 +20,7 @@ from yarl import URL
 
 from services.feeder_gateway.feeders.base import FeederContext, ProviderError
 from services.feeder_gateway.feeders.eastmoney import wire
+from services.feeder_gateway.feeders.eastmoney.history import EastMoneyHistory
 from services.feeder_gateway.feeders.eastmoney.parse import QuoteError, decode_envelope, quote_to_update, symbol_of
 from services.feeder_gateway.feeders.eastmoney.request import (
     Routes,
@@ -30,6 +31,7 @@ from services.feeder_gateway.feeders.eastmoney.request import (
 )
 from services.feeder_gateway.feeders.eastmoney.settings import EastMoneyPollSettings, EastMoneySettings
 from services.feeder_gateway.feeders.eastmoney.stream import SseConnection
+from services.feeder_gateway.feeders.history import MinuteHistory
 from services.feeder_gateway.feeders.lifecycle import (
     Failure,
     FailureKind,
@@ -55,6 +57,13 @@ class EastMoneyFeeder(ReconnectingFeeder[EastMoneySettings]):
         self._resets = 0  # consecutive resets before an answer
         self._conn: SseConnection | None = None
         self._pacer: RequestPacer | None = None
+        self._history = EastMoneyHistory(
+            settings, ctx, self.routes, ban_hold_s=settings.ban_hold_s, ban_after_resets=settings.ban_after_resets
+        )
+
+    def history(self) -> MinuteHistory:
+        """kline/trends2 minutes on ``history_base_url`` (``history.py``)."""
+        return self._history
 
     @property
     def stale_after_s(self) -> float | None:
@@ -109,6 +118,13 @@ class EastMoneyPollFeeder(HttpPollingFeeder[EastMoneyPollSettings, wire.Quote]):
         super().__init__(settings, ctx)
         self.routes = Routes(settings, ctx)
         self._pacer: RequestPacer | None = None
+        self._history = EastMoneyHistory(
+            settings, ctx, self.routes, ban_hold_s=settings.ban_hold_s, ban_after_resets=settings.ban_after_resets
+        )
+
+    def history(self) -> MinuteHistory:
+        """kline/trends2 minutes on ``history_base_url`` (``history.py``)."""
+        return self._history
 
     @property
     def _keys_per_request(self) -> int:

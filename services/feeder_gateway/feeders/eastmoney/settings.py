@@ -43,6 +43,25 @@ class EastMoneyRequestSettings(Strict):
     volume_unit_shares: dict[int, int] = {0: 100, 1: 100}
     """Shares per unit of f5/f20/f40 by market id: A-shares (0, 1) report lots of 100;
     markets not listed (HK 116, US 105-107) are taken to report shares."""
+    history_base_url: str = "https://push2his.eastmoney.com"
+    """Scheme and host of the minute history (kline/trends2, gap repair). Its requests wait
+    at the pacer of ``base_url``'s host, as background requests: EastMoney bans by IP."""
+    history_timeout_s: float = Field(10.0, gt=0)
+    """Whole-request timeout of one history request; a hung one counts as unavailable."""
+    history_max_body_bytes: int = Field(4 * 2**20, ge=4096)
+    """Largest history answer read; a larger one is malformed and the endpoint unavailable."""
+    history_settle_s: float = Field(10.0, ge=0)
+    """A minute's history line is final this long after the minute ends."""
+    history_reach_days: float = Field(7.0, gt=0)
+    """Windows starting longer ago than this are out of reach (klt=1 klines and trends2's
+    5 trading days are short-lived)."""
+
+    @field_validator("history_base_url")
+    @classmethod
+    def _history_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("history_base_url must start with http:// or https://")
+        return v.rstrip("/")
 
     @field_validator("fields")
     @classmethod
