@@ -118,6 +118,10 @@ class MarketFeed:
         return self._sources[self.active].feeder
 
     @property
+    def active_source(self) -> str:
+        return self.active_feeder.ctx.name
+
+    @property
     def connected(self) -> bool:
         return self.active_feeder.connected
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from aiokafka import ConsumerRecord
 
@@ -40,7 +41,6 @@ from services.feeder_gateway.feeders.history import (
     minute_ceil,
     minute_floor,
 )
-from services.feeder_gateway.market_feed import MarketFeed
 from shared.backoff import Backoff
 from shared.commands import ParamError, RepairBarsParams
 from shared.config import RepairSettings, SymbolShard
@@ -55,6 +55,16 @@ from shared.symbols import Market
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger("feeder-gateway.repair")
+
+
+class RepairedMarket(Protocol):
+    """What the worker needs of a market's feed (``MarketFeed``)."""
+
+    @property
+    def active_source(self) -> str: ...
+    @property
+    def symbols(self) -> frozenset[str]: ...
+    def histories(self) -> list[MinuteHistory]: ...
 
 PUBLISH_CHUNK = 1000
 DEFAULT_SETTLE_S = 5.0
@@ -91,7 +101,7 @@ class RepairWorker:
 
     def __init__(
         self,
-        feeds: dict[Market, MarketFeed],
+        feeds: Mapping[Market, RepairedMarket],
         publisher: KafkaPublisher,
         topic: str,
         events: SystemEvents,
@@ -268,7 +278,7 @@ class RepairWorker:
 
     def _source_name(self, market: Market) -> str:
         histories = self._feeds[market].histories()
-        return histories[0].source if histories else self._feeds[market].active_feeder.ctx.name
+        return histories[0].source if histories else self._feeds[market].active_source
 
     async def _attempt(self, w: RepairWindow) -> bool:
         """One try at a window; True when it is finished (repaired, out of reach, or given up)."""
@@ -277,11 +287,11 @@ class RepairWorker:
         market = w.market.value
         if not histories:
             why = f"no source of {market} has a minute history this gateway may use"
-            await self._publish(w, sorted(w.symbols), "out_of_reach", source=feed.active_feeder.ctx.name, reason=why)
+            await self._publish(w, sorted(w.symbols), "out_of_reach", source=feed.active_source, reason=why)
             self._finished(w, "out_of_reach", why)
             return True
         history = histories[0]
-        active = feed.active_feeder.ctx.name
+        active = feed.active_source
         stood_in = None if history.source == active else f"{active} has no minute history; {history.source} stood in"
         now = utcnow()
         if not history.reaches(w.start, now):
