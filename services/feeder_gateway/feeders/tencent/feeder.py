@@ -8,8 +8,11 @@ from datetime import datetime
 import aiohttp
 
 from services.feeder_gateway.feeders.base import FeederContext, ProviderError
-from services.feeder_gateway.feeders.lifecycle import FailureKind, SourceFailure
+from services.feeder_gateway.feeders.history import MinuteHistory
+from services.feeder_gateway.feeders.lifecycle import Failure, FailureKind, SourceFailure
+from services.feeder_gateway.feeders.pacing import RequestPacer, host_pacer
 from services.feeder_gateway.feeders.polling import HttpPollingFeeder, PollSet
+from services.feeder_gateway.feeders.tencent.history import TencentHistory
 from services.feeder_gateway.feeders.tencent.parse import (
     TencentParseError,
     UnknownCode,
@@ -45,6 +48,23 @@ class TencentFeeder(HttpPollingFeeder[TencentSettings, _QuoteKey]):
     def __init__(self, settings: TencentSettings, ctx: FeederContext) -> None:
         super().__init__(settings, ctx)
         self._missing: frozenset[str] = frozenset()  # codes Tencent did not answer last poll
+        self._pacer: RequestPacer | None = None
+        self._history = TencentHistory(settings, ctx)
+
+    def history(self) -> MinuteHistory:
+        """Today's minute lines on ``history_base_url`` (``history.py``)."""
+        return self._history
+
+    async def _before_request(self) -> None:
+        """Every poll request waits its turn at the quote host's pacer (shared with history)."""
+        if self._pacer is None:
+            s = self.settings
+            self._pacer = host_pacer(s.base_url, s.min_request_interval_s, s.request_jitter_s)
+        await self._pacer.wait()
+
+    def on_hold(self, failure: Failure, delay_s: float) -> None:
+        if failure.kind is FailureKind.BANNED and self._pacer is not None:
+            self._pacer.hold(delay_s)
 
     @property
     def _keys_per_request(self) -> int:
