@@ -2,7 +2,8 @@
 
 The connection, its subscribe diffs and error codes are ``connection.py``; the pure
 subscription bookkeeping (kept across reconnects: the symbol budget) ``subscription.py``;
-the frame parser (kept across reconnects: trade-id dedup, last trade prices) ``parse.py``.
+the frame parser (kept across reconnects: trade-id dedup, last trade prices) ``parse.py``;
+the minute history for gap repair (``history()``) ``history.py``.
 Reconnects, holds (406 waits past the server's hold of a dropped session), resubscribe
 and the gap report are the driver's (``lifecycle.py``). The stream has no replay: the
 gap status names the last tick before the hole. Silence is the market watchdog's, with
@@ -16,6 +17,7 @@ from typing import ClassVar
 from websockets.exceptions import WebSocketException
 
 from services.feeder_gateway.feeders.alpaca.connection import AlpacaConnection
+from services.feeder_gateway.feeders.alpaca.history import AlpacaHistory, history_feed
 from services.feeder_gateway.feeders.alpaca.parse import FrameParser
 from services.feeder_gateway.feeders.alpaca.settings import AlpacaSettings
 from services.feeder_gateway.feeders.alpaca.subscription import SubscriptionState, SymbolBudget
@@ -49,6 +51,12 @@ class AlpacaFeeder(ReconnectingFeeder[AlpacaSettings]):
             corrections=ctx.correction,
         )
         self.subscription = SubscriptionState(s.channels, s.max_symbols_per_message, SymbolBudget(s.symbol_limit))
+        feed = history_feed(s)
+        self._history = None if feed is None else AlpacaHistory(s, ctx, feed)
+
+    def history(self) -> AlpacaHistory | None:
+        """Minute bars from Alpaca's historical API (none for the test feed)."""
+        return self._history
 
     @property
     def stale_after_s(self) -> float:

@@ -10,6 +10,7 @@ from services.feeder_gateway.feeders.alpaca.wire import Channel
 from shared.config import Strict
 
 Feed = Literal["iex", "sip", "delayed_sip", "test"]
+HistoryFeed = Literal["iex", "sip"]
 
 
 class AlpacaSettings(Strict):
@@ -80,7 +81,32 @@ class AlpacaSettings(Strict):
     quote_lot_size: int = Field(100, ge=1)
     """Quote sizes ``bs``/``as`` are in round lots; shares = size x this."""
     proxy: str | None = None
-    """HTTP or SOCKS proxy URL; None connects directly (proxy env variables are ignored)."""
+    """HTTP or SOCKS proxy URL; None connects directly (proxy env variables are ignored).
+    The minute history goes through it too (HTTP proxies only)."""
+    history_url: str = "https://data.alpaca.markets"
+    """Historical market-data API (``GET /v2/stocks/bars``): minute bars for gap repair."""
+    history_feed: HistoryFeed | None = None
+    """Feed of the minute history; None: the stream's (delayed_sip: sip; test: none). A
+    plan without real-time SIP is refused SIP minutes of the last 15 minutes: those come
+    from iex instead, and the repair says so."""
+    history_requests_per_min: float = Field(150.0, gt=0)
+    """History requests a minute at most, paced per host behind live requests (the basic
+    plan allows about 200 a minute per account, trading calls included: leave headroom)."""
+    history_page_limit: int = Field(10_000, ge=1, le=10_000)
+    """Bars one history page asks for, all its symbols together (Alpaca's ``limit``)."""
+    history_symbols_per_request: int = Field(100, ge=1, le=2_000)
+    """Symbols one history request asks for; the repair splits larger sets."""
+    history_timeout_s: float = Field(15.0, gt=0)
+    """One history page request, connect to last byte."""
+    history_max_body_bytes: int = Field(32 * 2**20, ge=65_536)
+    """Largest history page read (10,000 bars are about 1 MB); a larger one fails it."""
+
+    @field_validator("history_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("history_url must be an http:// or https:// URL")
+        return v.rstrip("/")
 
     @field_validator("channels")
     @classmethod
