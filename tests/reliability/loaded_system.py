@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.tasktimer.clock import ScaledClock
-from shared.client import LiveDataClient
+from shared.client import LiveDataClient, MarketUpdate
 from shared.dto import Bar, PriceUpdate
 from shared.kafka import assign_all
 from tests.daemons import ROOT, Daemon
@@ -73,9 +73,11 @@ class Received:
         self.first_after = None
         self.symbols_after = {}
 
-    def add(self, item: PriceUpdate | Bar) -> None:
+    def add(self, item: MarketUpdate) -> None:
         if isinstance(item, Bar):
             self.bars.append(item)
+            return
+        if not isinstance(item, PriceUpdate):  # a trade correction: not a tick
             return
         if item.snapshot:  # the datamanager's replay of a latest price, not a new tick
             return
