@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.feeder_gateway.feeders.base import Feeder
+from services.feeder_gateway.feeders.base import Feeder, FeederContext
+from services.feeder_gateway.feeders.history import MinuteHistory
+from services.feeder_gateway.feeders.sim.history import Row, SimMinutes
 from services.feeder_gateway.feeders.sim.settings import SimSettings
 from shared.dto import PriceUpdate, utcnow
 from shared.sessions import trading_day
@@ -30,6 +32,25 @@ class _Walk:
     amount_cents: int  # day cumulative turnover, cents
     credit: float  # ticks owed
     day: object
+    # the open minute (for the history): start (epoch s, -1: none), o/h/l in cents (0: no
+    # tick yet), the cumulative volume and amount when it opened
+    m_start: float = -1.0
+    m_open: int = 0
+    m_high: int = 0
+    m_low: int = 0
+    m_vol0: int = 0
+    m_amt0: int = 0
+
+    def minute_row(self) -> Row:
+        return (
+            self.m_start,
+            self.m_open / 100,
+            self.m_high / 100,
+            self.m_low / 100,
+            self.cents / 100,
+            float(self.volume - self.m_vol0),
+            (self.amount_cents - self.m_amt0) / 100,
+        )
 
 
 NOMINAL_TRADES_PER_S = 2.0  # the rate behind the day's starting volume, whatever the tick rate
@@ -52,9 +73,22 @@ class SimFeeder(Feeder[SimSettings]):
     settings_model = SimSettings
     follows_sessions = False  # the synthetic market never closes
 
+    def __init__(self, settings: SimSettings, ctx: FeederContext) -> None:
+        super().__init__(settings, ctx)
+        self._walks: dict[str, _Walk] = {}
+        self._minutes = SimMinutes(ctx.name, settings.history_minutes, self._open_minute)
+
     @property
     def stale_after_s(self) -> float | None:
         return self.settings.stale_after_s
+
+    def history(self) -> MinuteHistory:
+        """The minutes of the ticks this feeder generated (``history.py``)."""
+        return self._minutes
+
+    def _open_minute(self, symbol: str) -> Row | None:
+        w = self._walks.get(symbol)
+        return w.minute_row() if w is not None and w.m_open else None
 
     def _start_cents(self, symbol: str) -> int:
         lo, hi = _PRICE_RANGE[self.ctx.market]
@@ -65,6 +99,9 @@ class SimFeeder(Feeder[SimSettings]):
         s = self.settings
         rng = random.Random(s.seed)
         walks: dict[str, _Walk] = {}
+        self._walks = walks
+        minutes = self._minutes
+        self.symbols_changed.set()  # a restarted generator starts walks for the wanted set
         interval = s.interval_ms / 1000.0
         per_step = s.ticks_per_s_per_symbol * interval
         vol = s.volatility_bps / 10_000.0
@@ -84,6 +121,7 @@ class SimFeeder(Feeder[SimSettings]):
                     for sym in list(walks):
                         if sym not in wanted:
                             del walks[sym]
+                    minutes.keep_only(wanted)
                     for sym in wanted:
                         if sym not in walks:
                             c = self._start_cents(sym)
@@ -98,6 +136,8 @@ class SimFeeder(Feeder[SimSettings]):
                     continue
                 now = utcnow()
                 day = trading_day(market, now)
+                now_s = now.timestamp()
+                minute = now_s - now_s % 60.0
                 batch: list[PriceUpdate] = []
                 append = batch.append
                 gauss = rng.gauss
@@ -112,6 +152,10 @@ class SimFeeder(Feeder[SimSettings]):
                         # day's cumulative volume going on, not from zero, as a real source would
                         w.volume = traded_so_far(now, market, lot)
                         w.amount_cents = w.volume * w.cents
+                    if w.m_start != minute:  # a new minute: the finished one goes to the history
+                        if w.m_open:
+                            minutes.add(sym, w.minute_row())
+                        w.m_start, w.m_open, w.m_vol0, w.m_amt0 = minute, 0, w.volume, w.amount_cents
                     # integer cents: exact prices and cheap arithmetic on the hot path
                     while w.credit >= 1.0:
                         w.credit -= 1.0
@@ -124,6 +168,13 @@ class SimFeeder(Feeder[SimSettings]):
                             w.low = cents
                         w.volume += size
                         w.amount_cents += size * cents
+                        if w.m_open:
+                            if cents > w.m_high:
+                                w.m_high = cents
+                            elif cents < w.m_low:
+                                w.m_low = cents
+                        else:
+                            w.m_open = w.m_high = w.m_low = cents
                         append(
                             PriceUpdate(
                                 symbol=sym,
@@ -160,3 +211,7 @@ class SimFeeder(Feeder[SimSettings]):
                     await asyncio.sleep(0)  # let the publisher run between batches
         finally:
             self.connected = False
+            for sym, w in walks.items():  # a restart starts new walks: keep what was traded
+                if w.m_open:
+                    minutes.add(sym, w.minute_row())
+                    w.m_open = 0
