@@ -404,7 +404,7 @@ class AlpacaSimulator:
             for sym in sorted(self.tape_symbols):
                 self._trade(sym, self._now_ns())
 
-    def _tape_since(self, cursor: int) -> list[dict[str, Any]]:
+    def tape_since(self, cursor: int) -> list[dict[str, Any]]:
         """Tape trades newer than ``cursor``, oldest first (those that fell out are lost)."""
         out: list[dict[str, Any]] = []
         for seq, trade in reversed(self._tape):
@@ -656,7 +656,7 @@ class AlpacaSimulator:
         out: list[dict[str, Any]] = []
         wanted = set(self._streams(sess, "trades"))
         iex_only = sess.feed == "iex"
-        for trade in self._tape_since(sess.cursor):
+        for trade in self.tape_since(sess.cursor):
             if trade["S"] in wanted and (not iex_only or trade["x"] == IEX):
                 out.append(trade)
                 if self.duplicate_trades:
