@@ -25,77 +25,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
+from services.datamanager.bar_state import (
+    AGGREGATED,
+    FINAL_QUALITIES,
+    MAX_QUANTITY,
+    MINUTE_FIELDS,
+    BarRow,
+    Mark,
+    Ohlcv,
+    SymbolBars,
+)
 from services.datamanager.quality import LIMIT_SLACK, board_limit
-from shared.dto import Bar, Message, PriceUpdate, TradeCorrection
-from shared.symbols import MARKET_TIMEZONES, Market, market_of
+from services.datamanager.repair import RepairMerge, RepairOutcome, StoredWindow
+from shared.dto import Bar, HistoryBars, Message, PriceUpdate, TradeCorrection
+from shared.symbols import MARKET_TIMEZONES, market_of
 
-_MINUTE_FIELDS = 7
-AGGREGATED = "/aggregated"
-
-
-class BarRow(NamedTuple):
-    """One stored version of a bar (the ClickHouse row); times in epoch milliseconds."""
-
-    symbol: str
-    period: str
-    start_ms: int
-    trading_day: date
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    amount: float
-    prev_close: float | None
-    source: str
-    last_tick_ms: int
-    tick_partition: int
-    tick_offset: int
-    cum_volume: float | None
-    cum_amount: float | None
-
-
-@dataclass(slots=True)
-class _Ohlcv:
-    start: float  # epoch seconds
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float = 0.0
-    amount: float = 0.0
-
-
-@dataclass(slots=True)
-class _SymbolBars:
-    market: Market
-    limit: float | None  # board limit vs previous close (fraction), None: none
-    day: date | None = None
-    day_start: float = 0.0  # epoch of the trading day's local midnight
-    day_end: float = 0.0
-    last_ts: float = 0.0
-    last_price: float = 0.0
-    last_size: float | None = None
-    last_cum_volume: float | None = None
-    last_cum_amount: float | None = None
-    last_partition: int = -1
-    last_offset: int = -1
-    last_tick: PriceUpdate | None = None
-    minute: _Ohlcv | None = None
-    daily: _Ohlcv | None = None
-    prev_close: float | None = None
-    limit_lo: float = 0.0  # prices outside [limit_lo, limit_hi] are flagged (0, inf: none)
-    limit_hi: float = math.inf
-    source: str = ""
-    day_true: bool = False  # the daily bar carries the source's own day figures
-    # closed minute bars, 7 doubles each (start, o, h, l, c, volume, amount): ~56 B a bar
-    # instead of ~330 B as Bar objects; Bars are built only when a snapshot asks
-    minutes: array[float] = field(default_factory=lambda: array("d"))
-
-
-MAX_QUANTITY = 1e15
-"""Largest volume or turnover any source can mean (shares or currency, per day): a bigger
-one is a bad number, and taken in it would freeze the day's cumulative figures."""
+__all__ = ["AGGREGATED", "MAX_QUANTITY", "BarAggregator", "BarRow", "FoldReport", "PriceLimitFlag", "row_bar"]
 
 
 def _implausible(t: PriceUpdate, max_price: float) -> bool:
@@ -136,13 +81,14 @@ class FoldReport:
     flags: list[PriceLimitFlag] = field(default_factory=list)
     newest: dict[str, float] = field(default_factory=dict)  # source → provider time (epoch s) of its newest tick
     failed: list[tuple[Any, Exception]] = field(default_factory=list)  # (record, what its folding raised)
+    repairs: list[RepairOutcome] = field(default_factory=list)  # what each HistoryBars did
 
 
 def _utc(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-class BarAggregator:
+class BarAggregator(RepairMerge):
     """In-memory bars for today; ``on_tick`` returns a rejection reason or None.
 
     ``fold(records, clock_limit)`` folds one consumed batch and reports what happened to
@@ -169,29 +115,30 @@ class BarAggregator:
         self.no_limit_symbols = no_limit_symbols
         self._clock_limit = math.inf  # set by fold for its batch
         self._clock_floor = -math.inf
-        self._symbols: dict[str, _SymbolBars] = {}
+        self._symbols: dict[str, SymbolBars] = {}
         self._open_minutes: dict[float, set[str]] = {}
         self._dirty: set[str] = set()  # daily / open minute changed since the last drain
         self._closed: list[BarRow] = []  # minute bars closed or revised since the last drain
+        self._revised: set[tuple[str, str, int]] = set()  # bars revised by repairs since take_revised
         self.rejected: dict[str, int] = {}
         self._flags: list[PriceLimitFlag] = []  # the batch's, handed over by fold
         self.ticks = 0
         self.revisions = 0
         self.corrections = 0  # trade corrections and cancels applied
 
-    def _state(self, symbol: str) -> _SymbolBars:
+    def _state(self, symbol: str) -> SymbolBars:
         st = self._symbols.get(symbol)
         if st is None:
             market = market_of(symbol)  # SymbolError for a symbol of no market
             limit = board_limit(symbol, symbol in self.st_symbols, symbol in self.no_limit_symbols)
-            st = self._symbols[symbol] = _SymbolBars(market, limit)
+            st = self._symbols[symbol] = SymbolBars(market, limit)
         return st
 
     def _reject(self, reason: str) -> str:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         return reason
 
-    def _set_prev_close(self, st: _SymbolBars, prev: float | None) -> None:
+    def _set_prev_close(self, st: SymbolBars, prev: float | None) -> None:
         st.prev_close = prev
         if prev and st.limit is not None:
             st.limit_lo = prev * (1.0 - st.limit - LIMIT_SLACK)
@@ -213,6 +160,7 @@ class BarAggregator:
         if t.snapshot:
             return self._reject("snapshot_replay")  # our own replay of a latest price
         symbol = t.symbol
+        note = None
         st = self._symbols.get(symbol)
         if st is None:
             st = self._state(symbol)
@@ -269,17 +217,16 @@ class BarAggregator:
             m.close = price
             m.volume += dv
             m.amount += da
-        else:
-            if m is not None:
-                self._close_minute(symbol, st)
-            st.minute = _Ohlcv(minute_start, price, price, price, price, dv, da)
-            self._open_minutes.setdefault(minute_start, set()).add(symbol)
+        elif not self._open_minute(symbol, st, minute_start, price, dv, da):
+            # a repaired minute keeps the provider's figures (and the day they moved)
+            dv = da = 0.0
+            note = self._reject("repaired_minute")
         d = st.daily
         opening = t.open_price
         if d is None:
             st.day_true = opening is not None and volume is not None
             first = opening if opening is not None else price
-            st.daily = d = _Ohlcv(st.day_start, first, max(first, price), min(first, price), price)
+            st.daily = d = Ohlcv(st.day_start, first, max(first, price), min(first, price), price)
         elif opening is not None and st.day_true:
             d.open = opening  # the source's day open is the truth
         high = t.high_price
@@ -299,9 +246,25 @@ class BarAggregator:
             d.amount += da
         self._dirty.add(symbol)
         self.ticks += 1
-        return None
+        return note
 
-    def _late(self, t: PriceUpdate, st: _SymbolBars, ts: float) -> str | None:
+    def _open_minute(self, symbol: str, st: SymbolBars, start: float, price: float, dv: float, da: float) -> bool:
+        """A tick in a minute other than the open one: close that and open this one (or,
+        behind minutes a repair added, revise the closed one); False if it is repaired."""
+        marks = st.marks
+        if marks and start in marks and marks[start].quality in FINAL_QUALITIES:
+            return False
+        ms = st.minutes
+        if ms and ms[-MINUTE_FIELDS] >= start:  # a repair added minutes beyond our ticks
+            self._revise_closed(symbol, st, start, price, dv, da)
+            return True
+        if st.minute is not None:
+            self._close_minute(symbol, st)
+        st.minute = Ohlcv(start, price, price, price, price, dv, da)
+        self._open_minutes.setdefault(start, set()).add(symbol)
+        return True
+
+    def _late(self, t: PriceUpdate, st: SymbolBars, ts: float) -> str | None:
         """A tick within the grace behind its symbol's newest: revise the bar it falls in."""
         symbol = t.symbol
         price = t.price
@@ -314,6 +277,8 @@ class BarAggregator:
             dv = t.last_size or 0.0
             da = dv * price
         minute_start = ts - ts % 60.0
+        if st.marks and minute_start in st.marks and st.marks[minute_start].quality in FINAL_QUALITIES:
+            return self._reject("repaired_minute")
         m = st.minute
         if m is not None and m.start == minute_start:
             m.high = max(m.high, price)
@@ -334,26 +299,26 @@ class BarAggregator:
         return None
 
     def _revise_closed(
-        self, symbol: str, st: _SymbolBars, start: float, price: float | None, dv: float, da: float
+        self, symbol: str, st: SymbolBars, start: float, price: float | None, dv: float, da: float
     ) -> bool:
         """Revise the closed minute bar at ``start`` (``price`` None: volumes only); a late
         tick (price given) in a minute without a bar inserts one."""
         ms = st.minutes
-        for i in range(len(ms) - _MINUTE_FIELDS, -1, -_MINUTE_FIELDS):
+        for i in range(len(ms) - MINUTE_FIELDS, -1, -MINUTE_FIELDS):
             if ms[i] == start:
                 if price is not None:
                     ms[i + 2] = max(ms[i + 2], price)
                     ms[i + 3] = min(ms[i + 3], price)
                 ms[i + 5] = max(0.0, ms[i + 5] + dv)
                 ms[i + 6] = max(0.0, ms[i + 6] + da)
-                self._closed.append(self._row(symbol, st, _Ohlcv(*ms[i : i + _MINUTE_FIELDS]), "1m"))
+                self._closed.append(self._row(symbol, st, Ohlcv(*ms[i : i + MINUTE_FIELDS]), "1m"))
                 return True
             if ms[i] < start:  # no bar in that minute yet: insert one in order
                 if price is None:
                     return False
-                j = i + _MINUTE_FIELDS
+                j = i + MINUTE_FIELDS
                 ms[j:j] = array("d", (start, price, price, price, price, dv, da))
-                self._closed.append(self._row(symbol, st, _Ohlcv(start, price, price, price, price, dv, da), "1m"))
+                self._closed.append(self._row(symbol, st, Ohlcv(start, price, price, price, price, dv, da), "1m"))
                 return True
         return False
 
@@ -374,6 +339,8 @@ class BarAggregator:
         da = new_size * new_price - c.original_size * c.original_price
         price = new_price if not c.cancelled else None
         minute_start = ts - ts % 60.0
+        if st.marks and minute_start in st.marks and st.marks[minute_start].quality in FINAL_QUALITIES:
+            return self._reject("repaired_minute")  # the provider's figures include the exchange's correction
         m = st.minute
         if m is not None and m.start == minute_start:
             m.volume = max(0.0, m.volume + dv)
@@ -393,9 +360,15 @@ class BarAggregator:
         return None
 
     def fold(
-        self, records: Iterable[tuple[Folded, Message]], clock_limit: float, clock_floor: float = -math.inf
+        self,
+        records: Iterable[tuple[Folded, Message]],
+        clock_limit: float,
+        clock_floor: float = -math.inf,
+        stored: StoredWindow | None = None,
     ) -> FoldReport:
-        """Fold one consumed batch of (record, message) in order; never raises for one record."""
+        """Fold one consumed batch of (record, message) in order; never raises for one
+        record. ``stored``: what the store holds of the windows of the batch's HistoryBars
+        that memory does not (``stored_span``)."""
         report = FoldReport()
         rejected = report.rejected
         newest = report.newest
@@ -415,8 +388,14 @@ class BarAggregator:
                         reason = self.on_correction(msg)
                         if reason is None:
                             continue
+                    elif type(msg) is HistoryBars:
+                        outcome = self.on_history(msg, stored, rec.partition, rec.offset)
+                        if not isinstance(outcome, str):
+                            report.repairs.append(outcome)
+                            continue
+                        reason = outcome
                     else:
-                        continue  # the consumer's inbox passes only ticks and corrections
+                        continue  # the consumer's inbox passes only ticks, corrections and history
                 except Exception as e:
                     report.failed.append((rec, e))
                     continue
@@ -427,7 +406,7 @@ class BarAggregator:
             self._flags = []
         return report
 
-    def _new_day(self, symbol: str, st: _SymbolBars, ts: float) -> None:
+    def _new_day(self, symbol: str, st: SymbolBars, ts: float) -> None:
         if st.minute is not None:
             self._close_minute(symbol, st)
         tz = MARKET_TIMEZONES[st.market]
@@ -441,8 +420,9 @@ class BarAggregator:
         st.daily = None
         st.last_cum_volume = st.last_cum_amount = None
         del st.minutes[:]
+        st.held_since, st.marks, st.day_revision = st.day_start, None, 0
 
-    def _close_minute(self, symbol: str, st: _SymbolBars) -> None:
+    def _close_minute(self, symbol: str, st: SymbolBars) -> None:
         m = st.minute
         if m is None:
             return
@@ -454,9 +434,12 @@ class BarAggregator:
                 del self._open_minutes[m.start]
         st.minutes.extend((m.start, m.open, m.high, m.low, m.close, m.volume, m.amount))
         self._closed.append(self._row(symbol, st, m, "1m"))
-        excess = len(st.minutes) - self.minute_history * _MINUTE_FIELDS
+        excess = len(st.minutes) - self.minute_history * MINUTE_FIELDS
         if excess > 0:
+            st.held_since = st.minutes[excess - MINUTE_FIELDS] + 60.0  # older minutes: the store's
             del st.minutes[:excess]
+            if st.marks:
+                st.marks = {s: mk for s, mk in st.marks.items() if s >= st.held_since} or None
 
     def close_due(self, now: datetime) -> int:
         """Close minute bars whose minute has ended by ``now``; returns how many."""
@@ -470,9 +453,14 @@ class BarAggregator:
 
     # -- the store's view -----------------------------------------------------------------
 
-    def _row(self, symbol: str, st: _SymbolBars, o: _Ohlcv, period: str) -> BarRow:
+    def _row(self, symbol: str, st: SymbolBars, o: Ohlcv, period: str) -> BarRow:
         daily = period == "1d"
         source = st.source + AGGREGATED if daily and not st.day_true else st.source
+        quality, revision = "", st.day_revision if daily else 0
+        if not daily and st.marks:
+            mark = st.marks.get(o.start)
+            if mark is not None:
+                quality, revision, source = mark
         return BarRow(
             symbol,
             period,
@@ -491,6 +479,8 @@ class BarAggregator:
             st.last_offset,
             st.last_cum_volume,
             st.last_cum_amount,
+            quality,
+            revision,
         )
 
     def drain(self) -> list[BarRow]:
@@ -523,7 +513,8 @@ class BarAggregator:
         return st.last_ts if st is not None else 0.0
 
     def restore(self, rows: list[BarRow]) -> int:
-        """Resume from stored rows: each symbol's daily bar and its newest minute bar."""
+        """Resume from stored rows: each symbol's daily bar and its newest minute bar (memory
+        holds the day's minutes from that one on; the older ones stay in the store)."""
         restored = 0
         for r in sorted(rows, key=lambda r: (r.period != "1d", -r.start_ms)):  # newest minute first
             try:
@@ -536,7 +527,7 @@ class BarAggregator:
                 st.day_start = r.start_ms / 1000.0
                 midnight = datetime.fromtimestamp(st.day_start, tz)
                 st.day_end = (midnight + timedelta(days=1)).replace(tzinfo=tz).timestamp()
-                st.daily = _Ohlcv(st.day_start, r.open, r.high, r.low, r.close, r.volume, r.amount)
+                st.daily = Ohlcv(st.day_start, r.open, r.high, r.low, r.close, r.volume, r.amount)
                 self._set_prev_close(st, r.prev_close)
                 st.day_true = not r.source.endswith(AGGREGATED)
                 st.source = r.source.removesuffix(AGGREGATED)
@@ -544,16 +535,20 @@ class BarAggregator:
                 st.last_price = r.close
                 st.last_partition, st.last_offset = r.tick_partition, r.tick_offset
                 st.last_cum_volume, st.last_cum_amount = r.cum_volume, r.cum_amount
+                st.held_since, st.day_revision = st.day_start, r.revision
                 restored += 1
             elif st.day == r.trading_day and st.minute is None:
                 start = r.start_ms / 1000.0
-                st.minute = _Ohlcv(start, r.open, r.high, r.low, r.close, r.volume, r.amount)
+                st.minute = Ohlcv(start, r.open, r.high, r.low, r.close, r.volume, r.amount)
                 self._open_minutes.setdefault(start, set()).add(r.symbol)
+                st.held_since = start  # the older minutes stay in the store
+                if r.quality:
+                    st.marks = {start: Mark(r.quality, r.revision, r.source)}
         return restored
 
     # -- bars for snapshots -----------------------------------------------------------------
 
-    def _bar(self, symbol: str, st: _SymbolBars, o: _Ohlcv, period: str) -> Bar:
+    def _bar(self, symbol: str, st: SymbolBars, o: Ohlcv, period: str) -> Bar:
         return row_bar(self._row(symbol, st, o, period))
 
     def daily_bar(self, symbol: str, day: date | None = None) -> Bar | None:
@@ -570,7 +565,7 @@ class BarAggregator:
             return []
         ms = st.minutes
         bars = [
-            self._bar(symbol, st, _Ohlcv(*ms[i : i + _MINUTE_FIELDS]), "1m") for i in range(0, len(ms), _MINUTE_FIELDS)
+            self._bar(symbol, st, Ohlcv(*ms[i : i + MINUTE_FIELDS]), "1m") for i in range(0, len(ms), MINUTE_FIELDS)
         ]
         if st.minute is not None:
             bars.append(self._bar(symbol, st, st.minute, "1m"))
@@ -601,4 +596,6 @@ def row_bar(r: BarRow) -> Bar:
         timestamp=_utc(r.start_ms / 1000.0),
         source=r.source,
         trading_day=r.trading_day.isoformat(),
+        quality=r.quality or None,  # type: ignore[arg-type]
+        revision=r.revision,
     )

@@ -6,6 +6,9 @@ milliseconds (Int64), the trading day as Date, no DateTime64/LowCardinality/Map/
 version of a bar once parts merge; reads use ``FINAL`` so a replay or a late-tick
 revision is never seen twice before that.
 
+Columns newer than the first schema (``quality``, ``revision``: a repaired or incomplete
+minute and its version) are added to an existing table on connect.
+
 Writes go through ``pending`` (the newest version per bar, bounded by the caller): a
 flush inserts everything pending in one batch; on any error the connection is dropped
 (asynch 0.4 cannot be trusted after one: "expected Pong", stale connections) and the
@@ -24,6 +27,7 @@ from typing import Any
 from asynch import Connection
 
 from services.datamanager.bars import BarRow
+from services.datamanager.repair import DAY_MS
 from shared.logs import kv
 from shared.store_urls import CLICKHOUSE_SCHEMES, StoreURLError, check_url
 
@@ -47,7 +51,13 @@ COLUMNS = (
     "tick_offset",
     "cum_volume",
     "cum_amount",
+    "quality",
+    "revision",
 )
+
+ADDED_COLUMNS = (("quality", "String DEFAULT ''"), ("revision", "UInt32 DEFAULT 0"))
+"""Columns newer than the first schema: added to an existing table (``ALTER TABLE ... ADD
+COLUMN`` after a look at system.columns: 18.16 has no ``ADD COLUMN IF NOT EXISTS``)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {db}.bars (
@@ -68,6 +78,8 @@ CREATE TABLE IF NOT EXISTS {db}.bars (
     tick_offset Int64,
     cum_volume Nullable(Float64),
     cum_amount Nullable(Float64),
+    quality String DEFAULT '',
+    revision UInt32 DEFAULT 0,
     version UInt64
 ) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(trading_day)
@@ -115,8 +127,22 @@ class ClickHouseBars:
         if not self._schema_ready:
             await self._run(self._conn, f"CREATE DATABASE IF NOT EXISTS {self.database}")
             await self._run(self._conn, SCHEMA.format(db=self.database))
+            await self._add_columns(self._conn)
             self._schema_ready = True
         return self._conn
+
+    async def _add_columns(self, conn: Connection) -> None:
+        """Bring a table made by an older release up to ``COLUMNS``."""
+        have = await self._run(
+            conn,
+            "SELECT name FROM system.columns WHERE database = %(db)s AND table = 'bars'",
+            {"db": self.database},
+        )
+        names = {r[0] for r in have}
+        for name, kind in ADDED_COLUMNS:
+            if name not in names:
+                await self._run(conn, f"ALTER TABLE {self.database}.bars ADD COLUMN {name} {kind}")
+                log.info("clickhouse column added", extra=kv(table=f"{self.database}.bars", column=name))
 
     async def _run(self, conn: Connection, query: str, args: Any = None) -> list[Any]:
         async with conn.cursor() as cur:
@@ -208,6 +234,39 @@ class ClickHouseBars:
             f"SELECT {', '.join(COLUMNS)} FROM {self.database}.bars FINAL WHERE {where} ORDER BY symbol, start", args
         )
         return [BarRow(*r) for r in rows]
+
+    async def read_window(self, symbols: Iterable[str], start_ms: int, end_ms: int) -> list[BarRow]:
+        """Stored minute bars of ``symbols`` starting in [start_ms, end_ms), and their daily
+        bars of the days those minutes fall on (a repair revises both)."""
+        names = tuple(sorted(set(symbols)))
+        if not names:
+            return []
+        args: dict[str, Any] = {"symbols": names, "a": start_ms, "b": end_ms, "d": start_ms - DAY_MS}
+        table = f"{self.database}.bars FINAL"
+        cols = ", ".join(COLUMNS)
+        minutes = await self.execute(
+            f"SELECT {cols} FROM {table} WHERE period = '1m' AND symbol IN %(symbols)s"
+            " AND start >= %(a)s AND start < %(b)s ORDER BY symbol, start",
+            args,
+        )
+        days = await self.execute(
+            f"SELECT {cols} FROM {table} WHERE period = '1d' AND symbol IN %(symbols)s"
+            " AND start >= %(d)s AND start < %(b)s ORDER BY symbol, start",
+            args,
+        )
+        return [BarRow(*r) for r in minutes] + [BarRow(*r) for r in days]
+
+    async def incomplete_minutes(self, days: Iterable[date]) -> list[tuple[str, int]]:
+        """(symbol, start ms) of every stored minute bar of ``days`` marked ``incomplete``."""
+        day_list = tuple(sorted(set(days)))
+        if not day_list:
+            return []
+        rows = await self.execute(
+            f"SELECT symbol, start FROM {self.database}.bars FINAL WHERE period = '1m'"
+            " AND trading_day IN %(days)s AND quality = 'incomplete' ORDER BY symbol, start",
+            {"days": day_list},
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
 
     async def resume_rows(self, days: Iterable[date], partitions: Iterable[int] | None = None) -> list[BarRow]:
         """Each symbol's daily bar and newest minute bar of ``days`` (to resume aggregation),
