@@ -179,7 +179,7 @@ class AlpacaSimulator:
         max_message_bytes: int = 64 * 1024,
         iex_share: float = 0.5,
         truth_minutes: int = 24 * 60,
-        tape_buffer: int = 200_000,
+        tape_buffer: int = 20_000,
         history_rate_per_min: int = 200,
         history_rate_window_s: float = 60.0,
         seed: int = 1,
@@ -353,7 +353,7 @@ class AlpacaSimulator:
                 step_us = _MINUTE_NS // 1000 // (per_minute + 1)
                 for k in range(1, per_minute + 1):
                     offset_us = k * step_us + self._rng.randrange(step_us // 2)
-                    self._trade(sym, minute_ns + offset_us * 1000)
+                    self._trade(sym, minute_ns + offset_us * 1000, streamed=False)
             self.tape_symbols.add(sym)
 
     # --- the tape ----------------------------------------------------------------------
@@ -369,8 +369,9 @@ class AlpacaSimulator:
         now_minute = minute_start(time.time_ns() // _MINUTE_NS * _MINUTE_NS)
         return {m: t for m, t in self.truth(symbol, feed).items() if m < now_minute}
 
-    def _trade(self, sym: str, t_ns: int) -> dict[str, Any]:
-        """One trade of ``sym`` at ``t_ns``: recorded into the truth and onto the tape."""
+    def _trade(self, sym: str, t_ns: int, streamed: bool = True) -> dict[str, Any]:
+        """One trade of ``sym`` at ``t_ns``: recorded into the truth and (``streamed``) onto
+        the tape the sessions read."""
         rng = self._rng
         x = IEX if rng.random() < self.iex_share else rng.choice(_OTHER_EXCHANGES)
         tid = self._trade_ids.get((sym, x), 0) + 1
@@ -394,8 +395,9 @@ class AlpacaSimulator:
             "T": "t", "S": sym, "i": tid, "x": x, "p": price, "s": size,
             "c": ["@"], "t": t_ns, "z": rng.choice(_TAPES),
         }
-        self._seq += 1
-        self._tape.append((self._seq, trade))
+        if streamed:
+            self._seq += 1
+            self._tape.append((self._seq, trade))
         return trade
 
     async def _run_tape(self) -> None:
