@@ -330,9 +330,8 @@ class RepairWorker:
                 w.due = time.monotonic()  # at once, from the next source with a history
                 return False
             self._requests.labels(history.source, "ok").inc()
-            await self._publish(
-                w, chunk, "repaired", source=history.source, reason=stood_in, history=history, bars=bars
-            )
+            note = "; ".join(n for n in (stood_in, getattr(bars, "note", None)) if n) or None
+            await self._publish(w, chunk, "repaired", source=history.source, reason=note, history=history, bars=bars)
             remaining = rest
         if failure is None:
             self._finished(w, "repaired", stood_in)

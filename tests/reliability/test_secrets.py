@@ -143,6 +143,7 @@ async def check(
                         "type": "alpaca",
                         "name": "us-alpaca",
                         "url": alpaca.url,
+                        "history_url": alpaca.history_url,
                         "backoff_base_s": 0.1,
                         "backoff_cap_s": 0.5,
                         "connect_timeout_s": 2.0,

@@ -15,10 +15,16 @@ import aiohttp
 import pytest
 
 from services.feeder_gateway.feeders.alpaca.feeder import AlpacaFeeder
-from services.feeder_gateway.feeders.alpaca.history import AlpacaHistory, MinuteBars
+from services.feeder_gateway.feeders.alpaca.history import AlpacaHistory
 from services.feeder_gateway.feeders.alpaca.settings import AlpacaSettings
 from services.feeder_gateway.feeders.base import FeederContext, FeederMetrics
-from services.feeder_gateway.feeders.history import HistoryConfigError, HistoryUnavailable, MinuteBar, minute_floor
+from services.feeder_gateway.feeders.history import (
+    HistoryConfigError,
+    HistoryUnavailable,
+    MinuteBar,
+    MinuteBars,
+    minute_floor,
+)
 from shared.dto import PriceUpdate, utcnow
 from shared.metrics import ServiceMetrics
 from shared.symbols import Market

@@ -44,6 +44,13 @@ class MinuteBar:
         )
 
 
+class MinuteBars(dict[str, list[MinuteBar]]):
+    """What ``minute_bars`` may return: bars by canonical symbol, plus ``note`` (None, or
+    what the answer stood in for, e.g. minutes another feed supplied: ``HistoryBars.reason``)."""
+
+    note: str | None = None
+
+
 class HistoryUnavailable(Exception):
     """The history endpoint cannot answer now (outage, rate limit, server error): retry
     later, after ``retry_after_s`` when the provider said how long."""

@@ -35,7 +35,7 @@ from services.feeder_gateway.feeders.history import (
     ALL_FIELDS,
     HistoryConfigError,
     HistoryUnavailable,
-    MinuteBar,
+    MinuteBars,
     minute_ceil,
 )
 from services.feeder_gateway.feeders.lifecycle import describe
@@ -44,13 +44,6 @@ from shared.dto import utcnow
 
 _MINUTE = timedelta(minutes=1)
 _MAX_PAGES = 10_000  # a server that never ends its pages must not hold a repair forever
-
-
-class MinuteBars(dict[str, list[MinuteBar]]):
-    """What ``minute_bars`` returns: bars by canonical symbol, plus ``note`` (None, or
-    which minutes another feed stood in for, for ``HistoryBars.reason``)."""
-
-    note: str | None = None
 
 
 def history_feed(settings: AlpacaSettings) -> str | None:
