@@ -14,6 +14,22 @@ Fault switches for tests: ``drop_streams()``, ``silence_streams()`` / ``silent``
 ``rc``. It records every request (``requests``) so tests can see which secids each one
 asked for.
 
+Minute history (push2his, same server): ``/api/qt/stock/kline/get`` (klt=1; beg/end days,
+``lmt`` keeps the newest lines; no pagination; only the last ``kline_days`` days when set)
+and ``/api/qt/stock/trends2/get`` (the last ``ndays`` <= 5 days with trades, open 0 on all
+but the latest), both served from the minute truth of every trade the market made: a
+change that raises a security's f5 (``update``/``update_many``, the tape) is a trade of
+the f5/f6 differences at the new f2, at f124 (or now). Lines are labelled the provider's
+way: a minute by its END (exchange local), the CN 09:25 minute on the 09:30 line (opening
+call auction) and the 15:00 minute on the 15:00 line (closing auction), the HK 09:20 minute
+on the 09:30 line; every minute between a day's first and last line has one (volume 0 where
+nothing traded). The tape (``tick_interval_s``) trades every known security, streamed or
+not, so a cut-off client leaves a hole the history fills; in the auctions' quiet minutes
+(CN 09:26-09:30 and 14:57-15:00, HK 09:21-09:30, local) it moves prices only, no trade.
+``truth(symbol)`` gives minute start (UTC) → (o, h, l, c, volume in shares, amount).
+``history_outage[path] = "rc" | "http" | "reset"`` fails one history endpoint; history
+requests pass the same rate limit and ban as the live ones (EastMoney bans by IP).
+
 Run standalone: ``python -m tests.simulators.eastmoney --port 8081 --tick-interval 0.5``.
 """
 
@@ -30,13 +46,19 @@ import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
 SSE_PATH = "/api/qt/ulist/sse"
 SNAPSHOT_PATH = "/api/qt/ulist.np/get"
 SINGLE_PATH = "/api/qt/stock/get"
+KLINE_PATH = "/api/qt/stock/kline/get"
+TRENDS_PATH = "/api/qt/stock/trends2/get"
+HISTORY_PATHS = (KLINE_PATH, TRENDS_PATH)
 
 _PRICE_KEYS = frozenset({"f2", "f4", "f15", "f16", "f17", "f18", "f19", "f39"})
 _PERCENT_KEYS = frozenset({"f3"})
@@ -113,6 +135,64 @@ def _decimals_for(market: int) -> int:
     return 2 if market in (0, 1) else 3
 
 
+_SHANGHAI, _HONG_KONG, _NEW_YORK = ZoneInfo("Asia/Shanghai"), ZoneInfo("Asia/Hong_Kong"), ZoneInfo("America/New_York")
+# the auctions' quiet minutes (local): the tape moves prices only, no trade
+_QUIET = {
+    0: ((dtime(9, 26), dtime(9, 30)), (dtime(14, 57), dtime(15, 0))),
+    1: ((dtime(9, 26), dtime(9, 30)), (dtime(14, 57), dtime(15, 0))),
+    116: ((dtime(9, 21), dtime(9, 30)),),
+}
+# minute start (local) → the label of the line holding it, where it is not the minute's end
+_AUCTION_LINES = {
+    0: {dtime(9, 25): dtime(9, 30), dtime(15, 0): dtime(15, 0)},
+    1: {dtime(9, 25): dtime(9, 30), dtime(15, 0): dtime(15, 0)},
+    116: {dtime(9, 20): dtime(9, 30)},
+}
+
+
+def _zone(market: int) -> ZoneInfo:
+    return _SHANGHAI if market in (0, 1) else _HONG_KONG if market == 116 else _NEW_YORK
+
+
+def _shares_per_lot(market: int) -> int:
+    """What f5 counts: lots of 100 for A-shares, shares elsewhere."""
+    return 100 if market in (0, 1) else 1
+
+
+def _quiet(market: int, at_s: float) -> bool:
+    local = datetime.fromtimestamp(at_s, _zone(market)).time()
+    return any(lo <= local < hi for lo, hi in _QUIET.get(market, ()))
+
+
+def _line_label(market: int, start_local: datetime) -> datetime:
+    """The provider's label of the minute starting ``start_local``: its end, or an auction line."""
+    auction = _AUCTION_LINES.get(market, {}).get(start_local.time())
+    if auction is not None:
+        return start_local.replace(hour=auction.hour, minute=auction.minute)
+    return start_local + timedelta(minutes=1)
+
+
+def _secid_of(symbol: str) -> str:
+    """A canonical symbol (``600000.SH``, ``00700.HK``, ``AAPL``) or a secid → the secid."""
+    code, _, suffix = symbol.rpartition(".")
+    if suffix == "SH":
+        return f"1.{code}"
+    if suffix in ("SZ", "BJ"):
+        return f"0.{code}"
+    if suffix == "HK":
+        return f"116.{int(code):05d}"
+    if suffix.isdigit() or code.isdigit():
+        return symbol
+    return f"105.{symbol.replace('.', '_')}"
+
+
+def _day_param(text: str, default: date) -> date:
+    if len(text) == 8 and text.isdigit():
+        with contextlib.suppress(ValueError):
+            return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    return default
+
+
 class EastMoneySimulator:
     """An aiohttp.web EastMoney on 127.0.0.1; use as ``async with EastMoneySimulator() as sim``."""
 
@@ -154,6 +234,14 @@ class EastMoneySimulator:
         self.banned_until = 0.0  # time.monotonic(); see ban()
         self.reset_next = 0  # the next N requests are answered with a TCP reset (a network drop)
         self.bans = 0  # how many times the rate limit (or ban()) banned the client
+        self.history_outage: dict[str, Literal["rc", "http", "reset"]] = {}
+        """History path → how it fails now (``rc`` 102 without data, HTTP 502, a TCP reset)."""
+        self.kline_days: int | None = None
+        """kline serves only this many of the latest days with trades (None: all)."""
+        self.max_truth_minutes = 5 * 1440
+        """Minutes of truth kept per security (the oldest go first)."""
+        self.minutes: dict[str, dict[int, list[Any]]] = {}
+        """secid → minute start (epoch s) → [o, h, l, c (integer-scaled), lots, amount]."""
         self._recent: deque[float] = deque()
         self._heartbeats = 0
         self._runner: web.AppRunner | None = None
@@ -167,6 +255,8 @@ class EastMoneySimulator:
         app.router.add_get(SSE_PATH, self._sse)
         app.router.add_get(SNAPSHOT_PATH, self._snapshot)
         app.router.add_get(SINGLE_PATH, self._single)
+        app.router.add_get(KLINE_PATH, self._kline)
+        app.router.add_get(TRENDS_PATH, self._trends)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -255,7 +345,9 @@ class EastMoneySimulator:
             state = self.security(secid)
             assert state is not None, f"invalid secid {secid!r}"
             moved = {k: v for k, v in fields.items() if state.get(k) != v}
+            before = (state.get("f5"), state.get("f6"))
             state.update(fields)
+            self._traded(secid, state, *before)
             if moved:
                 changed[secid] = moved
         for stream in self.streams:
@@ -309,6 +401,99 @@ class EastMoneySimulator:
     def unban(self) -> None:
         self.banned_until = 0.0
         self._recent.clear()
+
+    # ---- minute truth ------------------------------------------------------------------
+
+    def _traded(self, secid: str, state: dict[str, Any], f5: Any, f6: Any) -> None:
+        """A raised f5 is a trade of the difference at the new f2, at the new f124."""
+        v, a, price, at = state.get("f5"), state.get("f6"), state.get("f2"), state.get("f124")
+        numbers = (int, float)
+        if not (isinstance(v, numbers) and isinstance(f5, numbers) and v > f5 and isinstance(price, int)):
+            return
+        lots = v - f5
+        if isinstance(a, numbers) and isinstance(f6, numbers):
+            amount = float(a - f6)
+        else:
+            amount = lots * _shares_per_lot(state["f13"]) * price / 10 ** state["f59"]
+        self.record_trade(secid, price, lots, amount, at if isinstance(at, int) and at > 0 else time.time())
+
+    def record_trade(self, secid: str, price: int, lots: float, amount: float, at_s: float) -> None:
+        """Put one trade (integer-scaled price, f5 units) in the minute truth (no quote change)."""
+        start = int(at_s // 60 * 60)
+        minutes = self.minutes.setdefault(secid, {})
+        bar = minutes.get(start)
+        if bar is None:
+            minutes[start] = [price, price, price, price, lots, amount]
+            while len(minutes) > self.max_truth_minutes:
+                del minutes[min(minutes)]
+            return
+        bar[1], bar[2], bar[3] = max(bar[1], price), min(bar[2], price), price
+        bar[4] += lots
+        bar[5] += amount
+
+    def truth(self, symbol: str) -> dict[datetime, tuple[float, float, float, float, float, float]]:
+        """Every minute the market traded ``symbol`` (a canonical symbol or a secid): minute
+        start (UTC) → (open, high, low, close, volume in shares, amount rounded to 2 places)."""
+        secid = _secid_of(symbol)
+        q = self.quotes.get(secid)
+        if q is None:
+            return {}
+        div, unit = 10 ** q["f59"], _shares_per_lot(q["f13"])
+        return {
+            datetime.fromtimestamp(start, UTC): (o / div, h / div, low / div, c / div, v * unit, round(a, 2))
+            for start, (o, h, low, c, v, a) in sorted(self.minutes.get(secid, {}).items())
+        }
+
+    def _days(self, secid: str, market: int) -> list[date]:
+        """The local days the security traded, oldest first."""
+        zone = _zone(market)
+        return sorted({datetime.fromtimestamp(t, zone).date() for t in self.minutes.get(secid, {})})
+
+    def _lines(self, secid: str, q: dict[str, Any], day: date, *, trends: bool, latest: bool) -> list[str]:
+        """The provider's lines of one day: every minute from its first to its last label."""
+        market, d = q["f13"], q["f59"]
+        zone = _zone(market)
+        by_label: dict[datetime, list[Any]] = {}
+        for start, bar in sorted(self.minutes.get(secid, {}).items()):
+            local = datetime.fromtimestamp(start, zone)
+            if local.date() != day:
+                continue
+            label = _line_label(market, local)
+            line = by_label.get(label)
+            if line is None:
+                by_label[label] = list(bar)
+            else:
+                line[1], line[2], line[3] = max(line[1], bar[1]), min(line[2], bar[2]), bar[3]
+                line[4] += bar[4]
+                line[5] += bar[5]
+        if not by_label:
+            return []
+        out: list[str] = []
+        label, last = min(by_label), max(by_label)
+        prev_close = by_label[label][0]
+        cum_v = cum_a = 0.0
+        div = 10**d
+        while label <= last:
+            o, h, low, c, v, a = by_label.get(label) or (prev_close, prev_close, prev_close, prev_close, 0, 0.0)
+            prev_close = c
+            cum_v += v
+            cum_a += a
+            p = [f"{x / div:.{d}f}" for x in (o, h, low, c)]
+            stamp = label.strftime("%Y-%m-%d %H:%M")
+            vol = str(int(v)) if float(v).is_integer() else repr(float(v))
+            if trends:
+                avg = cum_a / (cum_v * _shares_per_lot(market)) if cum_v else c / div
+                opening = p[0] if latest else f"{0:.{d}f}"
+                out.append(f"{stamp},{opening},{p[3]},{p[1]},{p[2]},{vol},{a:.2f},{avg:.3f}")
+            else:
+                amplitude = (h - low) * 100 / q["f18"] if q.get("f18") else 0.0
+                change = (c - q["f18"]) / div if q.get("f18") else 0.0
+                pct = change * div * 100 / q["f18"] if q.get("f18") else 0.0
+                out.append(
+                    f"{stamp},{p[0]},{p[3]},{p[1]},{p[2]},{vol},{a:.2f},{amplitude:.2f},{pct:.2f},{change:.{d}f},0.01"
+                )
+            label += timedelta(minutes=1)
+        return out
 
     # ---- rendering --------------------------------------------------------------------
 
@@ -493,6 +678,84 @@ class EastMoneySimulator:
             self.streams.remove(stream)
         return resp
 
+    # ---- history handlers -----------------------------------------------------------------
+
+    def _history_fault(self, request: web.Request, rec: RequestRecord, path: str) -> web.Response | None:
+        style = self.history_outage.get(path)
+        if style is None:
+            return None
+        rec.outcome = f"outage_{style}"
+        if style == "reset":
+            _reset(request)
+            return web.Response(status=502)  # never reaches the client
+        if style == "http":
+            return web.Response(status=502, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        body = {"rc": 102, "rt": 17, "svr": 181669449, "lt": 1, "full": 0, "dlmkts": "", "data": None}
+        return web.json_response(body)
+
+    def _history_answer(self, secid: str, q: dict[str, Any] | None, key: str, lines: list[str]) -> web.Response:
+        data: dict[str, Any] | None = None
+        if q is not None:
+            data = {
+                "code": q["f12"],
+                "market": q["f13"],
+                "name": q.get("f14", ""),
+                "decimal": q["f59"],
+                "preKPrice" if key == "klines" else "preClose": q["f18"] / 10 ** q["f59"],
+                key: lines,
+            }
+        body = {"rc": self.rc, "rt": 17, "svr": 181669449, "lt": 1, "full": 0, "dlmkts": ""}
+        body["data"] = None if self.rc else data
+        return web.Response(
+            body=json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+            content_type="application/json",
+            charset="utf-8",
+        )
+
+    async def _kline(self, request: web.Request) -> web.Response:
+        rec, refused = await self._gate(request, KLINE_PATH)
+        if refused is not None:
+            return refused
+        fault = self._history_fault(request, rec, KLINE_PATH)
+        if fault is not None:
+            return fault
+        query = request.query
+        secid = query.get("secid", "")
+        q = self.security(secid)
+        lines: list[str] = []
+        if q is not None and query.get("klt") == "1":
+            beg = _day_param(query.get("beg", "0"), date.min)
+            end = _day_param(query.get("end", "20500101"), date.max)
+            days = self._days(secid, q["f13"])
+            if self.kline_days is not None:
+                days = days[-self.kline_days :] if self.kline_days else []
+            for day in days:
+                if beg <= day <= end:
+                    lines += self._lines(secid, q, day, trends=False, latest=False)
+            lmt = query.get("lmt", "")
+            if lmt.isdigit() and 0 < int(lmt) < len(lines):
+                lines = lines[-int(lmt) :]
+        return self._history_answer(secid, q, "klines", lines)
+
+    async def _trends(self, request: web.Request) -> web.Response:
+        rec, refused = await self._gate(request, TRENDS_PATH)
+        if refused is not None:
+            return refused
+        fault = self._history_fault(request, rec, TRENDS_PATH)
+        if fault is not None:
+            return fault
+        query = request.query
+        secid = query.get("secid", "")
+        q = self.security(secid)
+        lines: list[str] = []
+        if q is not None:
+            nd = query.get("ndays", "1")
+            ndays = min(max(int(nd) if nd.isdigit() else 1, 1), 5)
+            days = self._days(secid, q["f13"])[-ndays:]
+            for day in days:
+                lines += self._lines(secid, q, day, trends=True, latest=day == days[-1])
+        return self._history_answer(secid, q, "trends", lines)
+
     # ---- automatic market (demo / benchmarks) ------------------------------------------------
 
     async def _tick_loop(self) -> None:
@@ -500,16 +763,20 @@ class EastMoneySimulator:
         rng = self._rng
         while True:
             await asyncio.sleep(self.tick_interval_s)
-            live = {s for st in self.streams for s in st.secids if self.security(s) is not None}
+            for st in self.streams:
+                for secid in st.secids:
+                    self.security(secid)
+            # every known security trades, streamed or not: a cut-off client misses trades
+            live = sorted(self.quotes)
             if not live:
                 continue
             changes: dict[str, dict[str, Any]] = {}
             now = int(time.time())
-            for secid in rng.sample(sorted(live), max(1, len(live) // 3)):
+            for secid in rng.sample(live, max(1, len(live) // 3)):
                 q = self.quotes[secid]
                 step = 10 ** max(0, q["f59"] - 2)
                 last = max(step, q["f2"] + rng.randint(-3, 3) * step)
-                lots = rng.randint(1, 50)
+                lots = 0 if _quiet(q["f13"], now) else rng.randint(1, 50)
                 changes[secid] = {
                     "f2": last,
                     "f3": round((last - q["f18"]) * 10_000 / q["f18"]),

@@ -52,7 +52,7 @@ from shared.sessions import is_trading_weekday, trading_day
 
 KLINE = "kline"
 TRENDS = "trends2"
-_KLINE_LINES_PER_DAY = 1000  # lmt per day asked: a day has 241 (CN), 331 (HK), 391 (US) lines
+_KLINE_LINES_PER_DAY = 1500  # lmt per day asked: a day has 241 (CN), 331 (HK), 391 (US) lines; 24 h 1440
 
 
 class EastMoneyHistory:
