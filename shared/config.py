@@ -392,6 +392,13 @@ class DatamanagerSettings(ServiceSettings):
     """No tick for this long for a subscribed symbol while its market is open: a gap alert."""
     alert_interval_s: float = Field(60.0, gt=0)
     """At most one alert per code and symbol this often."""
+    repair_after_gap_s: float = Field(30.0, gt=0)
+    """After resuming (a restart, a takeover, a rebalance) in session: when the newest
+    restored tick of a market is older than this, ask the feeder-gateway to repair that
+    market's minute bars from it to now (a ``repair_bars`` command)."""
+    repair_sweep_s: float = Field(300.0, gt=0)
+    """Every this often (and after resuming), ask the feeder-gateway to repair today's
+    minute bars marked ``incomplete``, grouped into windows (each minute a few times a day)."""
     partitioned: bool = False
     """Share market data among several instances by consumer-group assignment: each owns
     the symbols of its partitions (bars, latest prices, gap watch) and answers bar_snapshot

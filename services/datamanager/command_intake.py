@@ -9,7 +9,9 @@ held by another instance on a partition we own was made by its previous owner, w
 or lost it: unless that owner's answer is already on system events, it is dropped and
 answered here. Partitions taken over in a rebalance answer the recent commands again.
 The claims are marked done only after the result is published, so a crash in between
-answers again rather than never.
+answers again rather than never. A command whose handler waits (``repair_bars``) is
+answered by a task of its own beside the loop (at most ``MAX_WAITING`` at once), so it
+never holds up the others; on stop those answer at once with what they have.
 """
 
 from __future__ import annotations
@@ -32,12 +34,17 @@ from shared.coordination import ClaimState, OnceClaims
 from shared.dto import CommandResult, ControlCommand, decode
 from shared.kafka import DeadLetters, Inbox, KafkaPublisher, assign_all, commit, consumer_options, fetch
 from shared.logs import kv
+from shared.tasks import cancel_and_wait
 from shared.topics import Topics
 
 log = logging.getLogger("datamanager.commands")
 
 RECENT_COMMANDS = 1000
 """Commands kept to answer again for partitions taken over (those within the freshness window)."""
+MAX_WAITING = 64
+"""Answers that wait (repair_bars) at once; one more is refused, saying so."""
+STOP_GRACE_S = 5.0
+"""On stop, how long waiting answers have to publish what they have before they are cancelled."""
 
 
 class CommandIntake:
@@ -76,9 +83,11 @@ class CommandIntake:
         self.desk = CommandDesk(service, settings.command_freshness_s)
         self.ready = asyncio.Event()
         self._recent: deque[ControlCommand] = deque(maxlen=RECENT_COMMANDS)
+        self._waiting: set[asyncio.Task[None]] = set()  # answers that wait, owned here
 
     async def run(self, stop: asyncio.Event) -> None:
         self.ready.clear()
+        self.desk.stopping.clear()
         consumer = self._consumer()
         await consumer.start()
         try:
@@ -106,7 +115,36 @@ class CommandIntake:
                 await commit(consumer)
         finally:
             self._loops.retire("commands")
+            await self._stop_waiting()
             await consumer.stop()
+
+    async def _stop_waiting(self) -> None:
+        """Tell waiting answers to answer now; cancel those that have not within the grace."""
+        self.desk.stopping.set()
+        waiting = list(self._waiting)
+        if waiting:
+            await asyncio.wait(waiting, timeout=STOP_GRACE_S)
+            await cancel_and_wait(t for t in waiting if not t.done())
+        self._waiting.clear()
+
+    def _answer_beside(self, cmd: ControlCommand, partitions: frozenset[int]) -> None:
+        """Answer ``cmd`` in a task of its own (its handler waits)."""
+        task = asyncio.create_task(self._answer_logged(cmd, partitions), name=f"dm.command.{cmd.correlation_id[:40]}")
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+
+    async def _answer_logged(self, cmd: ControlCommand, partitions: frozenset[int]) -> None:
+        try:
+            await self._answer(cmd, partitions)
+        except Exception as e:  # one answer's failure is logged, never the loop's end
+            log.error("answering failed", extra=kv(correlation_id=cmd.correlation_id[:64], error=repr(e)))
+
+    def _dispatch(self, cmd: ControlCommand, partitions: frozenset[int]) -> bool:
+        """Start a waiting answer beside the loop; False for a command answered inline."""
+        if not self.desk.waits(cmd.command):
+            return False
+        self._answer_beside(cmd, partitions)
+        return True
 
     def _consumer(self) -> AIOKafkaConsumer:
         if self._settings.partitioned:  # every member reads every command, at its own offsets
@@ -121,7 +159,8 @@ class CommandIntake:
         why_not = self.desk.should_run(cmd)
         if why_not is None:
             self._recent.append(cmd)
-            await self._answer(cmd, self._own.partitions)
+            if not self._dispatch(cmd, self._own.partitions):
+                await self._answer(cmd, self._own.partitions)
         elif why_not != "other_target":
             log.info(
                 "command ignored",
@@ -133,6 +172,8 @@ class CommandIntake:
         owner may have left unanswered (each claim says whether it did)."""
         for cmd in list(self._recent):
             if self.desk.is_fresh(cmd):
+                if self._dispatch(cmd, partitions):
+                    continue
                 try:
                     await self._answer(cmd, partitions)
                 except Exception as e:  # one command's failure is logged, never the loop's end
@@ -148,7 +189,10 @@ class CommandIntake:
                 extra=kv(correlation_id=cmd.correlation_id[:64], reason="answered_by_another_instance"),
             )
             return
-        result = await self.desk.execute(cmd, won, self._own.count, self._instance_id)
+        busy = None
+        if self.desk.waits(cmd.command) and len(self._waiting) > MAX_WAITING:
+            busy = f"{len(self._waiting) - 1} waiting answers already; at most {MAX_WAITING} at once (try again)"
+        result = await self.desk.execute(cmd, won, self._own.count, self._instance_id, refused=busy)
         log.info(
             "command done",
             extra=kv(command=cmd.command[:64], ok=result.ok, duration_ms=result.duration_ms, partitions=sorted(won)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -20,20 +21,30 @@ class CommandDesk:
     """Decides whether to run a command and turns handler outcomes into results.
 
     Commands older than ``freshness_s`` are ignored (a consumer never replays the past
-    into the present); each ``correlation_id`` is answered once (``remember`` ids).
+    into the present); each ``correlation_id`` is answered once (``remember`` ids). A
+    handler registered with ``waits`` is answered beside the intake's loop (it may wait for
+    other parts, e.g. repair_bars for the provider); ``stopping`` tells it to answer now.
     """
 
     def __init__(self, service: str, freshness_s: float, remember: int = 10_000) -> None:
         self.service = service
         self.freshness_s = freshness_s
         self._handlers: dict[str, CommandHandler] = {}
+        self._waiting: set[str] = set()
+        self.stopping = asyncio.Event()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
         self.ignored_stale = 0
         self.ignored_duplicate = 0
 
-    def register(self, command: str, handler: CommandHandler) -> None:
+    def register(self, command: str, handler: CommandHandler, waits: bool = False) -> None:
         self._handlers[command] = handler
+        if waits:
+            self._waiting.add(command)
+
+    def waits(self, command: str) -> bool:
+        """Whether ``command``'s handler waits (it is answered beside the intake's loop)."""
+        return command in self._waiting
 
     def should_run(self, cmd: ControlCommand, now: datetime | None = None) -> str | None:
         """None to run it, else why not (stale, duplicate, other target)."""
@@ -58,12 +69,21 @@ class CommandDesk:
         return cmd.target in ACCEPTED_TARGETS and (now - cmd.timestamp).total_seconds() <= self.freshness_s
 
     async def execute(
-        self, cmd: ControlCommand, partitions: frozenset[int], partition_count: int, instance: str
+        self,
+        cmd: ControlCommand,
+        partitions: frozenset[int],
+        partition_count: int,
+        instance: str,
+        refused: str | None = None,
     ) -> CommandResult:
-        """Run ``cmd`` for ``partitions`` and say which partitions the answer covers."""
+        """Run ``cmd`` for ``partitions`` and say which partitions the answer covers
+        (``refused``: answer that error instead of running it)."""
         started = time.perf_counter()
         handler = self._handlers.get(cmd.command)
-        if handler is None:
+        detail: dict[str, Any]
+        if refused is not None:
+            ok, detail = False, {"error": refused}
+        elif handler is None:
             ok, detail = False, {"error": f"unknown command {cmd.command!r}", "known": sorted(self._handlers)}
         else:
             try:

@@ -1,10 +1,12 @@
 """Gap watch: subscribed symbols (of the partitions this instance owns) without a tick for
 ``gap_alert_s`` while their market is in session raise a ``tick_gap`` alert (rate-limited
-per symbol) and are counted."""
+per symbol) and are counted; one that ticks again is handed to ``on_closed`` with its last
+tick before and its newest after (a repair window), all of one check at once."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from services.datamanager.bars import BarAggregator
 from services.datamanager.interest import SubscribedSymbols
@@ -17,6 +19,15 @@ from shared.sessions import in_session
 from shared.symbols import Market
 
 
+class ClosedGap(NamedTuple):
+    """A symbol that was in a gap and ticks again (times in epoch s)."""
+
+    market: Market
+    symbol: str
+    before: float  # its last tick before the gap
+    after: float  # its newest tick since
+
+
 class GapWatch:
     def __init__(
         self,
@@ -27,6 +38,7 @@ class GapWatch:
         events: SystemEvents,
         metrics: DatamanagerMetrics,
         ownership: Ownership,
+        on_closed: Callable[[list[ClosedGap]], None] | None = None,
     ) -> None:
         self._gap_s = gap_alert_s
         self._gate = AlertGate(alert_interval_s)
@@ -35,6 +47,8 @@ class GapWatch:
         self._events = events
         self._metrics = metrics
         self._own = ownership
+        self._on_closed = on_closed
+        self._in_gap: dict[str, float] = {}  # symbol in a gap → its last tick before it
 
     def check(self, now: float, since: float) -> int:
         """Alert on symbols silent for the gap window (counted from ``since`` at the
@@ -45,11 +59,19 @@ class GapWatch:
         open_markets = [m for m in Market if in_session(m, at)]
         bars = self._bars()
         gapped = 0
+        was, in_gap = self._in_gap, {}
+        closed: list[ClosedGap] = []
         for market in open_markets:
             for symbol in self._registry.market_symbols(market):
                 if not self._own.owns(symbol):
                     continue  # another instance's partition watches it
-                silent = now - max(bars.last_tick_time(symbol), since)
+                last = bars.last_tick_time(symbol)
+                before = was.get(symbol)
+                silent = now - max(last, since)
+                if before is not None and last > before:
+                    closed.append(ClosedGap(market, symbol, before, last))
+                elif silent > self._gap_s and last > 0:
+                    in_gap[symbol] = before if before is not None else last
                 if silent > self._gap_s:
                     gapped += 1
                     if self._gate.allow("gap", symbol, now):
@@ -60,4 +82,7 @@ class GapWatch:
                             silent_s=round(silent, 1),
                         )
         self._metrics.gaps.set(gapped)
+        self._in_gap = in_gap  # symbols no longer watched (market closed, unsubscribed) are forgotten
+        if closed and self._on_closed is not None:
+            self._on_closed(closed)
         return gapped

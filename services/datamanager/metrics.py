@@ -50,6 +50,18 @@ class DatamanagerMetrics:
             ["reason"],
         )
         self.gaps = metrics.gauge("livedata_datamanager_symbols_in_gap", "Subscribed symbols without ticks in session")
+        self.repaired = metrics.counter(
+            "livedata_datamanager_bars_repaired",
+            "Bars revised by gap repair (the provider's minute history), by the quality they got",
+            ["quality"],
+        )
+        self.incomplete_minutes = metrics.gauge(
+            "livedata_datamanager_incomplete_minutes",
+            "Today's minute bars of this instance's symbols marked incomplete (as of the last repair sweep)",
+        )
+        self.repair_requests = metrics.counter(
+            "livedata_datamanager_repair_requests", "repair_bars commands sent to the gateway, by trigger", ["trigger"]
+        )
         self.latency = Histogram(
             "livedata_tick_latency_seconds",
             "Provider time → datamanager receive time, per source",

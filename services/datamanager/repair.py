@@ -139,6 +139,14 @@ class RepairMerge:
                     out[symbol] = found
         return out
 
+    def newest_tick_per_market(self) -> dict[Market, float]:
+        """Epoch s of the newest tick held per market (markets without one are absent)."""
+        out: dict[Market, float] = {}
+        for st in self._symbols.values():
+            if st.last_ts > out.get(st.market, 0.0):
+                out[st.market] = st.last_ts
+        return out
+
     def held_from(self, symbol: str) -> tuple[date | None, float]:
         """The day memory holds for ``symbol`` and the minute start it holds it from."""
         st = self._symbols.get(symbol)

@@ -3,7 +3,9 @@
 The parts, one job each: ``Leadership`` (the active lease), ``InterestFollower``
 (interest in, subscriptions out), ``TickIntake`` (ticks → bars → ClickHouse, offsets),
 ``CommandIntake`` (commands answered once), ``Snapshots`` (``bar_snapshot`` and
-snapshot-on-subscribe), ``GapWatch`` and ``DatamanagerMetrics``.
+snapshot-on-subscribe), ``GapWatch``, gap repair (``RepairFlow`` in the tick intake,
+``RepairAnswers`` for ``repair_bars``, ``RepairTriggers`` asking the gateway) and
+``DatamanagerMetrics``.
 
 Phases, active/standby: start Kafka → wait for the lease (standby meanwhile) → an active
 session runs the intakes until stop or the lease is lost → stop consuming, finish in
@@ -31,17 +33,20 @@ from services.datamanager.interest_follower import InterestFollower
 from services.datamanager.leadership import Leadership, Role
 from services.datamanager.metrics import DatamanagerMetrics, RecordFailures
 from services.datamanager.ownership import Ownership
+from services.datamanager.repair_answers import RepairAnswers, RepairLedger
+from services.datamanager.repair_flow import RepairFlow
+from services.datamanager.repair_triggers import RepairTriggers
 from services.datamanager.snapshots import Snapshots
 from services.datamanager.state import open_homes
 from services.datamanager.tick_intake import TickIntake
 from shared.broker_watch import BrokerReturn
 from shared.config import LIVEDATA_FILE, AppConfig, ConfigError, DatamanagerSettings
-from shared.dto import Bar, ControlCommand, InterestUpdate, PriceUpdate, Subscription, TradeCorrection
+from shared.dto import Bar, ControlCommand, HistoryBars, InterestUpdate, PriceUpdate, Subscription, TradeCorrection
 from shared.kafka import DeadLetters, Inbox
 from shared.logs import kv
 from shared.metrics import counter_total
 from shared.runtime import Service
-from shared.signing import verifier_from_config
+from shared.signing import signer_from_config, verifier_from_config
 from shared.subscriptions import SubscriptionWatcher
 from shared.symbols import Market
 from shared.tasks import sleep_or_stop, wait_first
@@ -72,7 +77,7 @@ class DataManager(Service):
             accepts={
                 t.interest_updates: (InterestUpdate,),
                 t.control_commands: (ControlCommand,),
-                t.market_data: (PriceUpdate, TradeCorrection),
+                t.market_data: (PriceUpdate, TradeCorrection, HistoryBars),
                 t.subscriptions: (Subscription,),  # read when partitioned
             },
             ignores={t.market_data: (Bar,)},
@@ -92,9 +97,12 @@ class DataManager(Service):
         )
         self.leadership = Leadership(lease, s.active_lease_s, self.events)
         self.ownership = own = Ownership()
+        ledger = RepairLedger()
+        repairs = RepairFlow(self.publisher, t.market_data, ledger, m)
         self.intake = TickIntake(
-            s, ch, self.kafka, t, store, self.state, inbox, self.dead, self.failures, self.events, m, self.loops, own
-        )
+            s, ch, self.kafka, t, store, self.state, inbox, self.dead, self.failures, self.events, m, self.loops, own,
+            repairs,
+        )  # fmt: skip
         parts = (inbox, self.dead, self.failures)
         self.interest = InterestFollower(
             s, self.kafka, t, self.state, self.publisher, *parts, self.loops, self._added, admission=admission()
@@ -113,7 +121,16 @@ class DataManager(Service):
         )
         self.commands.desk.register("bar_snapshot", self.snapshots.bar_snapshot)
         self.commands.desk.register("status", self._status)
-        self.gaps = GapWatch(s.gap_alert_s, s.alert_interval_s, symbols, bars, self.events, m, own)
+        answers = RepairAnswers(ledger, symbols, own, self.commands.desk.stopping)
+        self.commands.desk.register("repair_bars", answers.repair_bars, waits=True)
+        known = lambda: self.subscribed.caught_up if s.partitioned else self.interest.loaded  # noqa: E731
+        self.repair_triggers = triggers = RepairTriggers(
+            s, t, self.publisher, signer_from_config(config), symbols, bars, store, own, known, m
+        )
+        self.intake.when_resumed(triggers.resumed)
+        self.gaps = GapWatch(
+            s.gap_alert_s, s.alert_interval_s, symbols, bars, self.events, m, own, triggers.gaps_closed
+        )
         m.read_parts(self.intake, self.interest.registry, self.leadership)
 
     async def _added(self, symbols: set[str]) -> None:
@@ -197,6 +214,7 @@ class DataManager(Service):
                 tg.create_task(self.intake.run(session_stop), name="dm.ticks"),
                 tg.create_task(self.commands.run(session_stop), name="dm.commands"),
                 tg.create_task(self._housekeeping(session_stop), name="dm.housekeeping"),
+                tg.create_task(self.repair_triggers.run(session_stop), name="dm.repairs"),
             ]
             await wait_first(stop, lost)
             # stop consuming → finish in flight → commit (in each intake) → close
@@ -211,6 +229,7 @@ class DataManager(Service):
             tg.create_task(self.intake.run(stop), name="dm.ticks")
             tg.create_task(self.commands.run(stop), name="dm.commands")
             tg.create_task(self._housekeeping(stop), name="dm.housekeeping")
+            tg.create_task(self.repair_triggers.run(stop), name="dm.repairs")
             while await self.leadership.acquire(stop):
                 async with self.leadership.held(stop) as lost:
                     lead_stop = asyncio.Event()

@@ -13,6 +13,11 @@ into the bars in one call; every ``flush_interval_ms`` the changed bars go to Cl
 the latest prices to the state store, then the dead letters, then the offsets: an offset is
 committed only after what its record changed is at home. While ClickHouse is away and
 ``max_pending_bars`` are held, fetching stops (backpressure), so nothing is lost.
+
+HistoryBars (a provider's minute history for a repair window) fold in the same call, in
+record order with the ticks; ``RepairFlow`` reads what the store holds of windows memory
+does not before the fold, and publishes the bars they revised after the flush stored
+them, before the commit.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
@@ -31,6 +36,7 @@ from services.datamanager.consumers import assigned_consumer, pin_start
 from services.datamanager.metrics import DatamanagerMetrics, RecordFailures
 from services.datamanager.ownership import Ownership
 from services.datamanager.quality import AlertGate
+from services.datamanager.repair_flow import RepairFlow
 from services.datamanager.state import DatamanagerState
 from shared.alarms import LoopHeartbeats
 from shared.backoff import Backoff
@@ -70,6 +76,7 @@ class TickIntake:
         metrics: DatamanagerMetrics,
         loops: LoopHeartbeats,
         ownership: Ownership,
+        repairs: RepairFlow,
     ) -> None:
         self._settings = settings
         self._oldest = dt.datetime.combine(settings.oldest_tick, dt.time(), dt.UTC).timestamp()
@@ -87,6 +94,9 @@ class TickIntake:
         self._loops = loops
         self._gate = AlertGate(settings.alert_interval_s)
         self._own = ownership
+        self.repairs = repairs
+        self._on_resumed: list[Callable[[], None]] = []
+        self.resumes = 0  # how many times today's bars were loaded (each assignment)
         self.bars = self._new_aggregator()
         self.ready = asyncio.Event()
         self.resumed = asyncio.Event()
@@ -104,6 +114,11 @@ class TickIntake:
 
     def close_due(self) -> None:
         self.bars.close_due(utcnow())
+
+    def when_resumed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` each time today's stored bars are loaded (a start, a takeover,
+        a rebalance), once ticks fold on them."""
+        self._on_resumed.append(callback)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.ready.clear()
@@ -137,9 +152,12 @@ class TickIntake:
                         owned = self._own.partitions
                         batches = {tp: recs for tp, recs in batches.items() if tp.partition in owned}
                     floor = max(self._oldest, now - self._settings.max_tick_age_days * 86_400.0)
-                    report = self.bars.fold(
-                        await self._inbox.decode(batches), clock_limit=now + skew, clock_floor=floor
-                    )
+                    decoded = await self._inbox.decode(batches)
+                    stored = await self.repairs.stored_windows(self.bars, decoded, store, stop)
+                    if stored is None:
+                        break  # stopped while the store was away: these records are fetched again
+                    report = self.bars.fold(decoded, clock_limit=now + skew, clock_floor=floor, stored=stored)
+                    self.repairs.folded(report.repairs)
                     await self._report(report, now)
                     for tp, records in batches.items():
                         if records and tp.partition in self._own.partitions:
@@ -218,6 +236,9 @@ class TickIntake:
                 extra=kv(symbols=restored, days=sorted(str(d) for d in days), partitions=sorted(partitions)),
             )
         self.resumed.set()
+        self.resumes += 1
+        for callback in self._on_resumed:
+            callback()
 
     async def _report(self, report: FoldReport, now: float) -> None:
         """Count what one fold rejected, flagged and failed; alert on flagged prices."""
@@ -248,6 +269,7 @@ class TickIntake:
         """Store changed bars (and latest prices), then commit the ticks that fed them."""
         latest = self.bars.latest_ticks()
         rows = self.bars.drain()
+        self.repairs.drained(rows, self.bars.take_revised())
         if latest:
             try:
                 await self._state.save_latest(latest)
@@ -258,6 +280,8 @@ class TickIntake:
             store.add(rows)
             if not await store.flush():
                 return False
+        if not await self.repairs.stored():  # revised bars out after they are home, before the commit
+            return False
         await self._dead.flush()  # the letters of rejected records before their offsets
         # False: the next flush commits again
         return not self._positions or await commit(consumer, dict(self._positions))
