@@ -4,7 +4,7 @@ Per symbol (one secid per request, so ``max_symbols_per_request`` is 1 and a fai
 concerns one symbol): ``kline/get`` for the window's local days. When kline is down
 (server error, rc != 0, timeout, reset) or answers no line at all for those days, and the
 window lies within trends2's last 5 trading days, ``trends2/get`` answers instead; which
-endpoint answered each symbol is kept in ``last_endpoints`` and logged. trends2 has no
+endpoint answered each symbol is kept in ``last_endpoints`` (and trends2 logged). trends2 has no
 open on its days before the latest: if the window needs such minutes, the answer is
 HistoryUnavailable (kline was down: retry) or HistoryOutOfReach (kline has none).
 
@@ -17,6 +17,7 @@ too) and is HistoryUnavailable; HTTP 400/404/405 is HistoryConfigError naming
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
@@ -112,7 +113,9 @@ class EastMoneyHistory:
                     continue  # counted once as unmappable by Routes
                 bars, endpoint = await self._symbol(session, route, start, end)
                 self.last_endpoints[symbol] = endpoint
-                self._ctx.log.info(
+                # trends2 standing in for kline is worth a line; kline answering is the rule
+                self._ctx.log.log(
+                    logging.INFO if endpoint == TRENDS else logging.DEBUG,
                     "history %s %s..%s: %d minutes from %s",
                     symbol,
                     start.isoformat(),
