@@ -4,7 +4,8 @@ Follows PROVIDERS.md: one line per requested code in request order, ~75 ``~``-se
 fields with a Chinese name in [1] and the quote time [30] in Hong Kong local time 15
 minutes behind the clock, ``v_pv_none_match="1";`` for unknown codes, GBK on ``/q=``
 and UTF-8 on ``/utf8/q=``. Run standalone:
-``python -m tests.simulators.tencent --port 8082`` (quotes move on every request).
+``python -m tests.simulators.tencent --port 8082`` (quotes move on every request and on the
+tape's clock, ``--tape-interval``).
 
 Minute history (``web.ifzq.gtimg.cn``'s ``/appstock/app/minute/query?code=hk00700``, same
 server): today's lines (the day of the delayed quote time), ``"HHMM price cumvol cumamount"``,
@@ -372,8 +373,10 @@ class TencentSimulator(FakeHttpServer):
 async def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=8082)
+    parser.add_argument("--tape-interval", type=float, default=1.0, help="seconds between tape trades (0: none)")
     args = parser.parse_args()
-    await serve_until_interrupted(TencentSimulator(auto_advance=True), args.port, "tencent simulator")
+    sim = TencentSimulator(auto_advance=True, tape_interval_s=args.tape_interval or None)
+    await serve_until_interrupted(sim, args.port, "tencent simulator")
 
 
 if __name__ == "__main__":
