@@ -52,6 +52,20 @@ class Mark(NamedTuple):
     source: str
 
 
+_MARKS: dict[Mark, Mark] = {}
+
+
+def shared_mark(mark: Mark) -> Mark:
+    """One instance per distinct mark (a hole marks thousands of minutes alike): a held
+    mark then costs its map entry only."""
+    found = _MARKS.get(mark)
+    if found is None:
+        if len(_MARKS) >= 10_000:
+            _MARKS.clear()
+        found = _MARKS[mark] = mark
+    return found
+
+
 @dataclass(slots=True)
 class Ohlcv:
     start: float  # epoch seconds

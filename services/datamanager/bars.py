@@ -34,6 +34,7 @@ from services.datamanager.bar_state import (
     Mark,
     Ohlcv,
     SymbolBars,
+    shared_mark,
 )
 from services.datamanager.quality import LIMIT_SLACK, board_limit
 from services.datamanager.repair import RepairMerge, RepairOutcome, StoredWindow
@@ -543,7 +544,7 @@ class BarAggregator(RepairMerge):
                 self._open_minutes.setdefault(start, set()).add(r.symbol)
                 st.held_since = start  # the older minutes stay in the store
                 if r.quality:
-                    st.marks = {start: Mark(r.quality, r.revision, r.source)}
+                    st.marks = {start: shared_mark(Mark(r.quality, r.revision, r.source))}
         return restored
 
     # -- bars for snapshots -----------------------------------------------------------------

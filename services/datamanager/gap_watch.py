@@ -50,6 +50,11 @@ class GapWatch:
         self._on_closed = on_closed
         self._in_gap: dict[str, float] = {}  # symbol in a gap → its last tick before it
 
+    @property
+    def in_gap(self) -> frozenset[str]:
+        """The symbols in a gap at the last check (that had ticked before it)."""
+        return frozenset(self._in_gap)
+
     def check(self, now: float, since: float) -> int:
         """Alert on symbols silent for the gap window (counted from ``since`` at the
         latest: the instance's takeover); returns how many are in a gap."""

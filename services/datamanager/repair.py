@@ -35,6 +35,7 @@ from services.datamanager.bar_state import (
     Mark,
     Ohlcv,
     SymbolBars,
+    shared_mark,
 )
 from shared.dto import HISTORY_FIELDS, HistoryBars
 from shared.symbols import MARKET_TIMEZONES, Market, market_of
@@ -322,7 +323,7 @@ class RepairMerge:
             return
         if st.marks is None:
             st.marks = {}
-        st.marks[s] = mark
+        st.marks[s] = shared_mark(mark)
         m = st.minute
         if m is not None and m.start == s:  # the open minute: replaced the same way
             m.open, m.high, m.low, m.close, m.volume, m.amount = f

@@ -50,7 +50,7 @@ SWEEP_TRIES = 3
 MAX_TRACKED = 200_000
 """Incomplete minutes whose requests the sweep counts (past it, the count starts over)."""
 MERGE_GAP_S = 300.0
-"""Incomplete minutes of a symbol this close together are asked for in one window."""
+"""Incomplete minutes of a symbol with at most this much between them are asked for in one window."""
 MAX_SWEEP_COMMANDS = 50
 """Commands one sweep sends; past it the remaining windows of a market go in one."""
 ANSWER_TIMEOUT_S = 60.0
@@ -245,7 +245,7 @@ def _windows(starts: list[int]) -> list[tuple[int, int]]:
     than ``MERGE_GAP_S``."""
     out: list[tuple[int, int]] = []
     for s in starts:
-        if out and s - (out[-1][1] - 60_000) <= MERGE_GAP_S * 1000:
+        if out and s - out[-1][1] <= MERGE_GAP_S * 1000:  # at most that many good minutes between
             out[-1] = (out[-1][0], s + 60_000)
         else:
             out.append((s, s + 60_000))

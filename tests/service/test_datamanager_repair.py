@@ -122,7 +122,9 @@ def _shape(rows: list[BarRow]) -> dict[int, tuple[Any, ...]]:
 async def test_history_is_merged_stored_published_kept_over_a_restart_and_answered_per_symbol(
     kafka_bootstrap: str, topics: Topics, make_config: ConfigMaker, clickhouse_url: str, clickhouse_database: str
 ) -> None:
-    config = make_config(topics, livedata=durable(clickhouse_url=clickhouse_url, database=clickhouse_database))
+    config = make_config(
+        topics, livedata=durable(clickhouse_url=clickhouse_url, database=clickhouse_database, gap_alert_s=1)
+    )
     base = _minute(utcnow()) - timedelta(minutes=8)
     m = [base + timedelta(minutes=i) for i in range(6)]
     ms = [round(x.timestamp() * 1000) for x in m]
@@ -150,10 +152,12 @@ async def test_history_is_merged_stored_published_kept_over_a_restart_and_answer
                 )
                 await producer.send(topics.market_data, t, key="AAPL")
             await eventually(lambda: dm.intake.bars.ticks == 4, what="ticks aggregated")
+            first = (100.0, 101.0, 100.0, 101.0, 15.0, 1505.0, "", 0)
             before = await eventually(
-                lambda: _when(stored(), lambda s: len(s) == 3), timeout_s=10, what="3 minutes stored"
+                lambda: _when(stored(), lambda s: len(s) == 3 and s[ms[0]] == first),
+                timeout_s=10,
+                what="3 minutes stored",
             )
-            assert before[ms[0]][:6] == (100.0, 101.0, 100.0, 101.0, 15.0, 1505.0)
 
             # a hole is known: the minutes of [m0, m2) become incomplete, in ClickHouse and on market data
             mark = len(md.messages)
@@ -171,6 +175,11 @@ async def test_history_is_merged_stored_published_kept_over_a_restart_and_answer
                 (m[0], "incomplete", 1),
                 (m[1], "incomplete", 1),
             }
+            # the sweep asks the gateway for them
+            assert await dm.repair_triggers.sweep() == 2
+            swept = await eventually(lambda: _asked(commands, "sweep"), timeout_s=10, what="a sweep's repair_bars")
+            assert swept[0].params["symbols"] == ["AAPL"] and swept[0].target == "feeder-gateway"
+            assert (swept[0].params["from"], swept[0].params["to"]) == (m[0].isoformat(), m[2].isoformat())
 
             # the provider's minutes: m0, m1 replaced, m2 added; m3 outside the window untouched
             provider = [
@@ -260,13 +269,28 @@ async def test_history_is_merged_stored_published_kept_over_a_restart_and_answer
             }
             if in_session(Market.US, utcnow()):  # the newest restored tick is minutes old: a repair is asked
                 asked = await eventually(
-                    lambda: [c for c in commands.of_type(ControlCommand) if c.source == "datamanager"],
-                    timeout_s=10,
-                    what="a repair asked after resuming",
+                    lambda: _asked(commands, "resume"), timeout_s=10, what="a repair asked after resuming"
                 )
                 assert asked[0].target == "feeder-gateway" and asked[0].params["market"] == "US"
                 assert datetime.fromisoformat(asked[0].params["from"]) == m[3]  # the newest restored tick's minute
+                # a symbol silent in session that ticks again: [its last tick before, its newest after]
+                old = PriceUpdate(symbol="MSFT", price=400.0, timestamp=m[0], source="alpaca", last_size=1)
+                await producer.send(topics.market_data, old, key="MSFT")
+                await eventually(lambda: "MSFT" in restarted.gaps.in_gap, timeout_s=10, what="MSFT in a gap")
+                new = PriceUpdate(symbol="MSFT", price=401.0, timestamp=utcnow(), source="alpaca", last_size=1)
+                await producer.send(topics.market_data, new, key="MSFT")
+                gap = await eventually(lambda: _asked(commands, "gap"), timeout_s=10, what="a repair asked after a gap")
+                assert gap[0].params["symbols"] == ["MSFT"] and gap[0].params["from"] == m[0].isoformat()
+                assert datetime.fromisoformat(gap[0].params["to"]) >= new.timestamp.replace(microsecond=0)
         await reader.stop()
+
+
+def _asked(commands: TopicReader, trigger: str) -> list[ControlCommand]:
+    return [
+        c
+        for c in commands.of_type(ControlCommand)
+        if c.command == "repair_bars" and c.correlation_id.startswith(f"dm-{trigger}-")
+    ]
 
 
 async def _when(value: Any, ok: Callable[[Any], bool]) -> Any:
