@@ -14,6 +14,11 @@ older than its symbol's newest by at most ``late_grace_s`` revises the bar it fa
 older one is ignored and counted (``late``). Redeliveries are recognised by the record's
 (partition, offset) against the newest folded into the symbol, so a replay after a crash
 never counts a trade twice. Every changed bar is marked for the store (``drain``).
+
+A provider's minute history (HistoryBars, gap repair) folds in the same call: the merge
+lives in repair.py (``RepairMerge``); a minute it made ``repaired`` or ``partial`` keeps the
+provider's figures (ticks for it are counted ``repaired_minute``), one it marked
+``incomplete`` still takes late ticks.
 """
 
 from __future__ import annotations
