@@ -756,6 +756,11 @@ def _signing_keys(raw_secure: dict[str, Any], where: str, security: SecuritySett
         raise ConfigError(
             f"{where}: {SIGNING_KEYS}.{security.sign}: not set (security.sign in {LIVEDATA_FILE} names it)"
         )
+    if security.require_signed and security.sign is None:
+        raise ConfigError(
+            f"{LIVEDATA_FILE}: security.sign: required when security.require_signed is on (the daemons sign "
+            "the commands they publish, timer fires and repair requests, and unsigned ones would be refused)"
+        )
     return keys
 
 

@@ -93,7 +93,7 @@ async def test_signatures_required_rotation_and_replay(
 ) -> None:
     config = make_config(
         topics,
-        livedata={"security": {"require_signed": True, "max_age_s": 60}},
+        livedata={"security": {"require_signed": True, "sign": "ops-new", "max_age_s": 60}},
         secure={"signing_keys": {"ops-old": SECRET_OLD, "ops-new": SECRET_NEW}},
     )
     dm = DataManager(config)

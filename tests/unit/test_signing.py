@@ -177,6 +177,7 @@ def test_config_signing_keys_from_secure_yml(tmp_path: Path) -> None:
         ({}, {"signing_keys": {"bad id!": "s" * 20}}, "a key id is not"),
         ({}, {"signing_keys": ["x"]}, "signing_keys: expected a mapping"),
         ({"security": {"sign": "bad id"}}, {}, "security.sign"),
+        ({"security": {"require_signed": True}}, {"signing_keys": {"ops-1": "s" * 20}}, "security.sign: required"),
     ],
 )
 def test_config_signing_mistakes_name_the_key_never_the_secret(
