@@ -11,6 +11,7 @@ from yarl import URL
 
 from services.feeder_gateway.feeders.base import FeederContext
 from services.feeder_gateway.feeders.history import HistoryUnavailable
+from services.feeder_gateway.feeders.http_body import read_capped
 from services.feeder_gateway.feeders.lifecycle import describe
 from services.feeder_gateway.feeders.pacing import RequestPacer
 from services.feeder_gateway.feeders.polling import is_reset, retry_after_s
@@ -81,16 +82,9 @@ class PacedHistoryGet:
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         limit = self._max
-        if resp.content_length is None or resp.content_length <= limit:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_chunked(65_536):
-                size += len(chunk)
-                if size > limit:
-                    break
-                chunks.append(chunk)
-            else:
-                return b"".join(chunks)
+        body = await read_capped(resp, limit)
+        if body is not None:
+            return body
         self._ctx.malformed("history_body_too_large", f"HTTP {resp.status}: more than {limit} bytes")
         raise EndpointDown(f"history answer larger than {limit} bytes")
 

@@ -23,6 +23,7 @@ import aiohttp
 from yarl import URL
 
 from services.feeder_gateway.feeders.base import FeederContext, ProviderError
+from services.feeder_gateway.feeders.http_body import read_capped
 from services.feeder_gateway.feeders.lifecycle import (
     Failure,
     FailureKind,
@@ -222,19 +223,12 @@ class HttpPollingFeeder(ReconnectingFeeder[SettingsT], Generic[SettingsT, QuoteT
             raise error
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
-        """The body, read in chunks up to ``max_body_bytes``; a larger one is counted as
-        malformed (``body_too_large``) and fails the poll."""
+        """The body up to ``max_body_bytes``; a larger one is counted as malformed
+        (``body_too_large``) and fails the poll."""
         limit = self.settings.max_body_bytes
-        chunks: list[bytes] = []
-        size = 0
-        if resp.content_length is None or resp.content_length <= limit:
-            async for chunk in resp.content.iter_chunked(65_536):
-                size += len(chunk)
-                if size > limit:
-                    break
-                chunks.append(chunk)
-            else:
-                return b"".join(chunks)
+        body = await read_capped(resp, limit)
+        if body is not None:
+            return body
         self.ctx.malformed("body_too_large", f"HTTP {resp.status}: more than max_body_bytes ({limit})")
         raise ProviderError(f"answer body larger than max_body_bytes ({limit} bytes)")
 

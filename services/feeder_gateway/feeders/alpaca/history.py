@@ -38,6 +38,7 @@ from services.feeder_gateway.feeders.history import (
     MinuteBars,
     minute_ceil,
 )
+from services.feeder_gateway.feeders.http_body import read_capped
 from services.feeder_gateway.feeders.lifecycle import describe
 from services.feeder_gateway.feeders.pacing import RequestPacer, host_pacer
 from shared.dto import utcnow
@@ -171,20 +172,11 @@ class AlpacaHistory:
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes:
         """The body up to ``history_max_body_bytes``; a larger one fails the request."""
         limit = self._s.history_max_body_bytes
-        if resp.content_length is None or resp.content_length <= limit:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_chunked(65_536):
-                size += len(chunk)
-                if size > limit:
-                    break
-                chunks.append(chunk)
-            else:
-                return b"".join(chunks)
+        body = await read_capped(resp, limit)
+        if body is not None:
+            return body
         self._ctx.malformed("body_too_large", f"history HTTP {resp.status}: more than history_max_body_bytes")
-        raise HistoryUnavailable(
-            f"{self.source}: history answer larger than history_max_body_bytes ({limit} bytes)"
-        )
+        raise HistoryUnavailable(f"{self.source}: history answer larger than history_max_body_bytes ({limit} bytes)")
 
     def _credentials(self) -> tuple[str, str]:
         s, name = self._s, self.source
