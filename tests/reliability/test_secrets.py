@@ -72,7 +72,7 @@ def found_in(text: str) -> list[str]:
     return [name for name, value in SECRETS.items() if value in text]
 
 
-async def run_cli(args: list[str], config_dir: Path, timeout_s: float = 15.0) -> tuple[int | None, str]:
+async def run_cli(args: list[str], config_dir: Path, timeout_s: float = 45.0) -> tuple[int | None, str]:
     """Run a command on a config directory; its exit code (None: killed at the deadline)
     and its output."""
     proc = await asyncio.create_subprocess_exec(
