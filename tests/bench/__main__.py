@@ -8,7 +8,10 @@ Every figure is printed beside its raw-aiokafka baseline measured on the same br
 figure whose window was too short or empty is printed as "not measured: <reason>" (and has
 ``not_measured`` in the JSON). Missed targets and unmeasured figures do not change the exit
 code; a benchmark that could not run at all (it did not import, or it crashed) does (1),
-after the others have run.
+after the others have run. A benchmark with ``BROKER_KINDS`` runs only on those brokers (its
+figure on the others says skipped). ``soak`` (``make soak``, 30 minutes) and ``scale_out``
+(5) run only when named, ``--minutes N`` setting their length. ``--merge`` keeps the results
+file's figures of the benchmarks not run now.
 """
 
 from __future__ import annotations
@@ -51,7 +54,10 @@ BENCHMARKS = (
     "memory",
     "timer",
     "storage",
+    "full_market",
 )
+# Run only when named (``--only soak``: ``make soak``, 30 minutes; ``--only scale_out``: 5).
+OPT_IN = ("soak", "scale_out")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -192,7 +198,12 @@ def _run_one(
     bench_dir.mkdir(parents=True, exist_ok=True)
     broker: LocalServer | None = None
     ctx = BenchContext(
-        quick=args.quick, workdir=bench_dir, bootstrap=args.bootstrap or "", kafka_overrides=overrides, broker_kind=kind
+        quick=args.quick,
+        workdir=bench_dir,
+        bootstrap=args.bootstrap or "",
+        kafka_overrides=overrides,
+        broker_kind=kind,
+        minutes=args.minutes,
     )
     if module.NEEDS_BROKER and not args.bootstrap:
         broker = make_broker(kind, log_path=bench_dir / "broker.log").start()
@@ -246,6 +257,24 @@ def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def merged(path: Path, result: dict[str, Any], replaced: set[str]) -> dict[str, Any]:
+    """``result`` with the figures of the results file at ``path`` whose benchmark is not in
+    ``replaced`` kept after its own; the older run's metadata goes under ``merged``."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return result
+    kept = [f for f in old.get("figures", []) if f.get("bench") not in replaced]
+    if not kept:
+        return result
+    meta = {k: v for k, v in old.items() if k not in ("figures", "merged")}
+    return {
+        **result,
+        "figures": result["figures"] + kept,
+        "merged": [*old.get("merged", []), {**meta, "benchmarks": sorted({f.get("bench") for f in kept})}],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="run only these (repeat or a,b)")
@@ -266,11 +295,19 @@ def main(argv: list[str] | None = None) -> int:
         help="override a kafka setting for every service and baseline, e.g. linger_ms=1",
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and daemon logs (path printed)")
+    p.add_argument(
+        "--minutes", type=float, default=None, help="minutes of soak (30, --quick 2) or scale_out (5, --quick 1.5)"
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the results file's figures of the benchmarks not run now (their runs' metadata under 'merged')",
+    )
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = p.parse_args(argv)
 
     if args.list:
-        for name in BENCHMARKS:
+        for name in BENCHMARKS + OPT_IN:
             try:
                 title = _import(name).TITLE
             except Exception as e:
@@ -278,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<22} {title}")
         return 0
     wanted = [n.strip() for item in args.only for n in item.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in BENCHMARKS]
+    known = BENCHMARKS + OPT_IN
+    unknown = [n for n in wanted if n not in known]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
         return 2
-    selected = [n for n in BENCHMARKS if not wanted or n in wanted]
+    selected = [n for n in known if n in wanted] if wanted else list(BENCHMARKS)
     overrides = _parse_overrides(args.kafka)
     kinds = broker_kinds(args.broker, args.bootstrap)
 
@@ -306,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if not module.NEEDS_BROKER and kind != kinds[0]:
                     continue  # no broker involved: measured once
+                only_on = getattr(module, "BROKER_KINDS", None)
+                if only_on is not None and kind not in only_on:
+                    why = f"runs only on {' or '.join(k for k in only_on if k != 'external')}"
+                    print(f"== [{kind}] {name}: skipped ({why})", flush=True)
+                    figures.append(Figure(name, module.TITLE, None, "", skipped=why, broker=kind))
+                    continue
                 print(f"== [{kind}] {name}: {module.TITLE}", flush=True)
                 try:
                     got = _run_one(module, args, workdir, overrides, kind)
@@ -351,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": sum(f.skipped is not None for f in figures),
     }
     result["figure_counts"] = counts
+    if args.merge:
+        result = merged(args.out, result, {f.bench for f in figures} | set(selected))
     args.out.write_text(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n")
     print("\n" + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()), "(figures)")
     print(f"wrote {args.out} ({sum(durations.values()):.0f} s)")

@@ -144,6 +144,7 @@ class BenchContext:
     kafka_overrides: dict[str, Any] = field(default_factory=dict)
     broker_pid: int | None = None
     broker_kind: str = ""  # "kafka", "tansu" or "external"
+    minutes: float | None = None  # --minutes: the soak's length (None: its default)
 
     def pick(self, full: T, quick: T) -> T:
         """The full-run value, or the quick one under ``--quick``."""
