@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 ONLY ?=
 ARGS ?=
 
-.PHONY: demo test test-unit lint bench install clean
+.PHONY: demo test test-unit lint bench soak install clean
 
 $(STAMP): pyproject.toml deploy/bootstrap.sh
 	@bash deploy/bootstrap.sh
@@ -32,6 +32,11 @@ lint: $(STAMP)
 ## bench: throughput/latency figures against a raw-aiokafka baseline (ONLY=name, ARGS=--quick)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(if $(ONLY),--only $(ONLY)) $(ARGS)
+
+## soak: the full market for 30 minutes on Apache Kafka, each daemon's RSS slope (ARGS=--minutes 5);
+## its figures are merged into bench/results.json
+soak: $(STAMP)
+	$(BIN)/python -m tests.bench --only soak --broker kafka --merge $(ARGS)
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
