@@ -201,10 +201,16 @@ class TickIntake:
         async with self._flush_lock:
             if not partitioned:
                 new = self._own.assign(partitions, count)
+            elif tps:
+                # until they are owned, no fetch may return their records: the main loop
+                # would drop them as another member's and its position would pass them
+                consumer.pause(*tps)
             await self._load(partitions, stop)
             starts = await pin_start(consumer, tps) if tps else {}
             if partitioned:
                 new = self._own.assign(partitions, count)
+                if tps:
+                    consumer.resume(*tps)
         log.info("partitions assigned", extra=kv(partitions=sorted(partitions), new=sorted(new), of=count, at=starts))
         self.ready.set()
 

@@ -96,13 +96,6 @@ async def _answers(events: TopicReader, cid: str, timeout_s: float = 30) -> list
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known loss (tick_intake._assigned, partitioned): records fetched between pin_start's seek and "
-    "Ownership.assign are dropped by the ownership filter while the consumer's position moves past them, so "
-    "the ticks published while the dead member's partitions had no owner are never folded; pausing the "
-    "assigned partitions until they are owned fixes it (remove this mark with the fix)",
-)
 async def test_killing_either_datamanager_moves_its_partitions_with_no_bar_lost_or_regressed(
     apache_kafka: str,
     scale_topics: Topics,
