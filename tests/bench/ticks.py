@@ -9,7 +9,8 @@ from typing import cast
 from msgspec.structs import force_setattr
 
 from services.feeder_gateway.feeders.base import FeederContext, FeederMetrics
-from services.feeder_gateway.feeders.sim.feeder import SimFeeder, SimSettings
+from services.feeder_gateway.feeders.sim.feeder import SimFeeder
+from services.feeder_gateway.feeders.sim.settings import SimSettings
 from shared.dto import PriceUpdate, encode
 from shared.metrics import ServiceMetrics
 from shared.symbols import Market
