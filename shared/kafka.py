@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -559,16 +561,29 @@ async def at_end(consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]) -> b
     return True
 
 
-async def rewind_truncated(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-    """Restart from the beginning every assigned partition whose log is now shorter than
-    our position: the topic was deleted and recreated (the embedded broker loses its
-    topics on a restart) or truncated, so everything in it is new to us.
+REWIND_AFTER_S = 5.0
+"""How long a partition's log must stay shorter than our position before it is taken as
+recreated or truncated: a new leader's high watermark lags the old one's for a moment after
+a leader change (until the followers' next fetch), which is not a truncation."""
+
+_beyond: weakref.WeakKeyDictionary[AIOKafkaConsumer, dict[TopicPartition, float]] = weakref.WeakKeyDictionary()
+
+
+async def rewind_truncated(consumer: AIOKafkaConsumer, now: float | None = None) -> list[TopicPartition]:
+    """Restart from the beginning every assigned partition whose log has stayed shorter than
+    our position for ``REWIND_AFTER_S``: the topic was deleted and recreated (the embedded
+    broker loses its topics on a restart) or truncated, so everything in it is new to us.
 
     Apache Kafka answers such a fetch with OFFSET_OUT_OF_RANGE and aiokafka resets by
     ``auto_offset_reset``; Tansu answers with no records and a smaller high watermark,
-    which only this check notices. Cheap (local state only): call it after empty fetches.
+    which only this check notices. A high watermark below our position only briefly is a
+    leader change on a replicated cluster (the new leader's watermark catches up): rewinding
+    then would deliver the partition again from its start. Cheap (local state only): call
+    it after empty fetches.
     """
-    rewound = []
+    now = time.monotonic() if now is None else now
+    seen = _beyond.setdefault(consumer, {})
+    shorter: set[TopicPartition] = set()
     for tp in consumer.assignment():
         high = consumer.highwater(tp)
         if high is None:
@@ -578,7 +593,16 @@ async def rewind_truncated(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         except KafkaError:
             continue
         if position > high:
+            shorter.add(tp)
+    for tp in list(seen):
+        if tp not in shorter:
+            del seen[tp]
+    rewound = []
+    for tp in shorter:
+        since = seen.setdefault(tp, now)
+        if now - since >= REWIND_AFTER_S:
             rewound.append(tp)
+            del seen[tp]
     if rewound:
         await consumer.seek_to_beginning(*rewound)
         log.warning(
