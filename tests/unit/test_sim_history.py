@@ -112,4 +112,5 @@ async def test_unwanted_symbols_are_forgotten_and_the_store_is_bounded() -> None
         store.add("X", (60.0 * i, 1.0, 1.0, 1.0, 1.0, 100.0, 100.0))
     bars = (await store.minute_bars(["X"], datetime.fromtimestamp(0, UTC), datetime.fromtimestamp(3600, UTC)))["X"]
     assert [b.start.timestamp() for b in bars] == [420.0, 480.0, 540.0]
+    assert store._closed["X"].itemsize * len(store._closed["X"]) == 3 * 56  # 56 bytes a kept minute
     assert store.reaches(now - timedelta(minutes=3), now) and not store.reaches(now - timedelta(minutes=4), now)

@@ -10,13 +10,14 @@ Minutes of a symbol that is no longer wanted are dropped with its walk (``keep_o
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from services.feeder_gateway.feeders.history import ALL_FIELDS, MinuteBar
 
 Row = tuple[float, float, float, float, float, float, float]  # (start epoch s, o, h, l, c, volume, amount)
+_WIDTH = 7  # doubles a stored minute takes: 56 bytes (a tuple of 7 floats would take ~280)
 
 
 class SimMinutes:
@@ -26,19 +27,34 @@ class SimMinutes:
         self._source = source
         self._keep = keep
         self._open_minute = open_minute
-        self._closed: dict[str, deque[Row]] = {}
+        self._closed: dict[str, array[float]] = {}  # per symbol, minutes of 7 doubles, oldest first
 
     def add(self, symbol: str, row: Row) -> None:
         """A finished minute of ``symbol`` (in time order); a second part of the same minute
         (the feeder restarted within it) is merged into the first."""
         rows = self._closed.get(symbol)
         if rows is None:
-            rows = self._closed[symbol] = deque(maxlen=self._keep)
-        if rows and rows[-1][0] == row[0]:
-            t, o, h, low, _c, v, a = rows[-1]
-            rows[-1] = (t, o, max(h, row[2]), min(low, row[3]), row[4], v + row[5], a + row[6])
+            rows = self._closed[symbol] = array("d")
+        if rows and rows[-_WIDTH] == row[0]:
+            last = len(rows) - _WIDTH
+            rows[last + 2] = max(rows[last + 2], row[2])
+            rows[last + 3] = min(rows[last + 3], row[3])
+            rows[last + 4] = row[4]
+            rows[last + 5] += row[5]
+            rows[last + 6] += row[6]
             return
-        rows.append(row)
+        rows.extend(row)
+        if len(rows) > self._keep * _WIDTH:
+            del rows[:_WIDTH]
+
+    def _rows(self, symbol: str) -> list[Row]:
+        rows = self._closed.get(symbol)
+        if not rows:
+            return []
+        return [
+            (rows[i], rows[i + 1], rows[i + 2], rows[i + 3], rows[i + 4], rows[i + 5], rows[i + 6])
+            for i in range(0, len(rows), _WIDTH)
+        ]
 
     def keep_only(self, wanted: frozenset[str]) -> None:
         """Drop the minutes of every symbol not wanted any more."""
@@ -68,7 +84,7 @@ class SimMinutes:
         lo, hi = start.timestamp(), end.timestamp()
         out: dict[str, list[MinuteBar]] = {}
         for symbol in symbols:
-            rows = list(self._closed.get(symbol, ()))
+            rows = self._rows(symbol)
             current = self._open_minute(symbol)
             if current is not None and (not rows or current[0] > rows[-1][0]):
                 rows.append(current)

@@ -21,7 +21,8 @@ class SimSettings(Strict):
     max_batch: int = Field(256, ge=1, le=100_000)
     """Most ticks per yielded batch: a big step is handed over in pieces, as a real
     provider's frames would be, so the publisher gets the event loop in between."""
-    history_minutes: int = Field(240, ge=1, le=10_000)
-    """Minutes of generated bars kept per symbol for the minute history (gap repair)."""
+    history_minutes: int = Field(60, ge=1, le=1440)
+    """Minutes of generated bars kept per symbol for the minute history (gap repair): 56
+    bytes a minute, so 60 minutes of the full market (14,141 symbols) take about 48 MB."""
     stale_after_s: float | None = Field(10.0, gt=0)
     """Watchdog: no tick this long while subscribed means the feed is stale."""
