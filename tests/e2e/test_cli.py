@@ -246,6 +246,9 @@ async def test_a_killed_demo_leaves_no_process(tmp_path: Path) -> None:
 
 
 async def test_a_demo_whose_stdout_closes_stops_everything(tmp_path: Path) -> None:
-    proc, config_dir, broker = await started_demo(tmp_path, " | head -1 > /dev/null")
-    await asyncio.wait_for(proc.wait(), 30)  # head exits after a line; the demo stops on its broken pipe
+    # head exits after the third line ("subscribing ..."): the broker (line 1) and the three
+    # daemons (line 2) are up by then; after head -1 a loaded machine could stop the demo
+    # before the daemons' processes were seen at all
+    proc, config_dir, broker = await started_demo(tmp_path, " | head -3 > /dev/null")
+    await asyncio.wait_for(proc.wait(), 30)  # the demo stops on its broken pipe
     await eventually(lambda: not stack_processes(config_dir, broker), timeout_s=20, what="broker and daemons gone")
